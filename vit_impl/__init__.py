@@ -1,0 +1,16 @@
+"""vit_impl: a native Vision Transformer with selectable attention backends (math, sdpa, triton)."""
+
+from .config import ATTN_BACKENDS, VARIANTS, ViTConfig, config_from_variant, parse_variant
+from .model import VisionTransformer, attention_rollout, create_vit, resample_pos_embed
+
+__all__ = [
+    "ATTN_BACKENDS",
+    "VARIANTS",
+    "ViTConfig",
+    "VisionTransformer",
+    "attention_rollout",
+    "config_from_variant",
+    "create_vit",
+    "parse_variant",
+    "resample_pos_embed",
+]
