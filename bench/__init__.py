@@ -1,0 +1,1 @@
+"""vitbench: benchmark runner for ViTs vs CNNs (python -m bench)."""

@@ -1,0 +1,112 @@
+"""python -m bench run SUITE.yaml | list | report RUN_DIR ...
+
+Exit codes: 0 every cell ran or was recorded (failed cells are rows, not crashes); 2 invalid suite or
+arguments; 1 the runner itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+
+
+def _cmd_run(args) -> int:
+    from .runner import default_run_dir, run_suite, summary_table
+    from .suite import load_suite
+
+    suite = load_suite(args.suite, args.device)
+    if args.dry_run:
+        print(f"suite {suite.name} ({suite.path}) on {suite.device}: {len(suite.cells)} cells")
+        for i, cell in enumerate(suite.cells, 1):
+            print(f"  {i:>3}. {cell.cell_id}  {cell.label()}")
+        return 0
+    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(suite)
+    summary = run_suite(suite, run_dir, command=sys.argv, retry_failed=args.retry_failed)
+    print()
+    print(summary_table(run_dir / "results.csv"))
+    print(f"\n{summary.ran} cells run, {summary.skipped} already done, {summary.failed} failed (recorded as rows)")
+    print(f"results: {run_dir / 'results.csv'}\nenvironment: {run_dir / 'env.json'}")
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report([run_dir], run_dir / 'report')}")
+    else:
+        print(f"report: python -m bench report {run_dir}")
+    return 0
+
+
+def _cmd_list(args) -> int:
+    import vit_impl
+
+    from .models import SPEC_FORMS
+    from .suite import describe_axes
+
+    print("model specs:")
+    for form in SPEC_FORMS:
+        print(f"  {form}")
+    print("\nViT variants (width / depth / heads / mlp ratio):")
+    for name, shape in vit_impl.VARIANTS.items():
+        print(f"  {name + '/<patch>':<10} {shape.embed_dim:>5} {shape.depth:>3} {shape.num_heads:>3} {shape.mlp_ratio:>4}")
+    print("\nsuites:")
+    for path in sorted(SUITES_DIR.glob("*.yaml")):
+        print(f"  {path.relative_to(SUITES_DIR.parent)}")
+    print("\nsuite grid axes:")
+    print(describe_axes())
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    run_dirs = [Path(d) for d in args.run_dirs]
+    for run_dir in run_dirs:
+        if not (run_dir / "results.csv").is_file():
+            raise _UsageError(f"{run_dir}: no results.csv here (expected a run dir from `python -m bench run`)")
+    out = Path(args.out) if args.out else run_dirs[0] / "report"
+    print(f"report: {write_report(run_dirs, out)}")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="ViT vs CNN benchmarks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a suite (resumable with --run-dir)")
+    run.add_argument("suite", help="suite YAML file, e.g. suites/scaling.yaml")
+    run.add_argument("--run-dir", help="results folder; an existing one is resumed (default results/<suite>/<time>)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the suite's device")
+    run.add_argument("--dry-run", action="store_true", help="print the cells and exit")
+    run.add_argument("--retry-failed", action="store_true", help="when resuming, run failed cells again")
+    run.add_argument("--report", action="store_true", help="write the report into RUN_DIR/report at the end")
+    run.set_defaults(func=_cmd_run)
+    lst = sub.add_parser("list", help="model specs, ViT variants, suites, grid axes")
+    lst.set_defaults(func=_cmd_list)
+    rep = sub.add_parser("report", help="tables and plots from one or more run dirs")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", help="output folder (default RUN_DIR/report of the first run dir)")
+    rep.set_defaults(func=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .suite import SuiteError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SuiteError, _UsageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run again with the same --run-dir to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Task `attention`: one attention backend at one (B, H, N, D) shape: forward and forward+backward time,
+achieved TFLOP/s, peak memory of forward+backward, max error against an fp32 computation.
+
+Backends: triton (ours), math (explicit softmax in the input dtype), sdpa (PyTorch's dispatcher's pick),
+sdpa_flash / sdpa_efficient / sdpa_cudnn (one SDPA kernel forced), flex (FlexAttention, compiled). One that
+cannot run here is recorded as status `skipped` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..cell import TORCH_DTYPES, Job, RowMaker
+from .memory import MIB, PeakMemory
+from .timing import spread, time_steps
+
+SDPA_KERNELS = {
+    "sdpa_flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+}
+
+
+class Unavailable(Exception):
+    """This backend cannot run on this device / build: recorded as skipped, with the reason."""
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attention_fn(backend: str, device: str):
+    """(q, k, v) -> out for a backend, or Unavailable."""
+    if backend == "triton":
+        from vit_impl.kernels import flash_attention
+        from vit_impl.kernels.attention import interpreting
+
+        if device != "cuda" and not interpreting():
+            raise Unavailable("the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1, very slow, on CPU)")
+        return flash_attention
+    if backend == "math":
+        from vit_impl.kernels import reference_attention
+
+        return functools.partial(reference_attention, upcast=False)
+    if backend == "sdpa":
+        return F.scaled_dot_product_attention
+    if backend in SDPA_KERNELS:
+        if device != "cuda":
+            raise Unavailable(f"SDPA's {backend[5:]} kernel exists only on CUDA devices")
+
+        def forced(q, k, v):
+            with sdpa_kernel(SDPA_KERNELS[backend]):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        return forced
+    if backend == "flex":
+        if device != "cuda":
+            raise Unavailable("compiled FlexAttention is measured on CUDA devices only")
+        return _compiled_flex()
+    raise ValueError(f"unknown attention backend {backend!r}")
+
+
+def measure_attention(job: Job) -> list[dict]:
+    c = job.cell
+    device, dtype = c["device"], TORCH_DTYPES[c["dtype"]]
+    B, H, N, D = c["attn_shape"]
+    rows = RowMaker(job, attn_backend=c["attn_backend"], family="attention", impl=c["attn_backend"],
+                    model=f"attention:{c['attn_backend']}", variant="x".join(map(str, c["attn_shape"])))
+    try:
+        fn = attention_fn(c["attn_backend"], device)
+        torch.manual_seed(c["seed"])
+        q, k, v, grad = (torch.randn(B, H, N, D, device=device, dtype=dtype) for _ in range(4))
+        q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+        out = fn(q, k, v)  # first call: compilation / autotuning; also catches "no kernel for this input"
+        out.backward(grad)
+    except Unavailable as why:
+        return [rows.row("status", None, "", status="skipped", error=str(why))]
+    except RuntimeError as err:
+        if "No available kernel" in str(err) or "not supported" in str(err).lower():
+            return [rows.row("status", None, "", status="skipped", error=str(err).splitlines()[0][:300])]
+        raise
+    max_error, grad_error = _errors_vs_fp32(out, (q.grad, k.grad, v.grad), q, k, v, grad)
+
+    def forward():
+        with torch.no_grad():
+            fn(q, k, v)
+
+    def forward_backward():
+        fn(q, k, v).backward(grad)
+
+    with PeakMemory(device) as mem:
+        forward_backward()
+    from vit_impl.kernels import attention_flops
+
+    result = [rows.row("peak_memory", mem.peak_bytes / MIB, "MiB", n_repeats=1),
+              rows.row("max_error", max_error, "abs", n_repeats=1),
+              rows.row("max_grad_error", grad_error, "abs", n_repeats=1)]
+    for name, step, with_backward in (("fwd", forward, False), ("fwd_bwd", forward_backward, True)):
+        times = time_steps(step, device=device, warmup=c["warmup"], repeats=c["repeats"], iters=c["iters"])
+        t, t20, t80 = spread(times)
+        flops = attention_flops(B, H, N, D, with_backward=with_backward)
+        result += [rows.row(f"{name}_time", t * 1e3, "ms", t20 * 1e3, t80 * 1e3, len(times)),
+                   rows.row(f"{name}_tflops", flops / t / 1e12, "TFLOP/s", flops / t80 / 1e12, flops / t20 / 1e12,
+                            len(times))]
+    return result
+
+
+def _errors_vs_fp32(out, grads, q, k, v, grad) -> tuple[float, float]:
+    """Max abs error of the output and of dq, dk, dv against the same computation in fp32 (SDPA's math
+    kernel, exact fp32 with no TF32)."""
+    ref_inputs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    with sdpa_kernel(SDPBackend.MATH) if q.device.type == "cuda" else contextlib.nullcontext():
+        ref = F.scaled_dot_product_attention(*ref_inputs)
+    ref.backward(grad.float())
+    out_error = (out.detach().float() - ref.detach()).abs().max().item()
+    grad_error = max((g.float() - r.grad).abs().max().item() for g, r in zip(grads, ref_inputs))
+    return out_error, grad_error

@@ -1,0 +1,149 @@
+"""The local executor: runs a suite's cells, each in its own subprocess, appending rows to results.csv.
+
+Resumable: a cell whose id already has rows in the run dir's results.csv is skipped. A crash, timeout or
+out-of-memory inside a cell becomes a row (status oom|timeout|error) and the run goes on; nothing is retried
+at another batch size. Accuracy cells may run several at once (`concurrency`), throughput cells always alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .cell import Job, failure_row
+from .env import collect_env
+from .results import append_rows, done_cell_ids, read_results, write_atomic
+from .suite import ACCURACY_TASKS, Cell, Suite
+
+TASK_ORDER = {"pretrain": 0}  # checkpoints first, so that fine-tune cells find them; others keep suite order
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    ran: int
+    skipped: int
+    failed: int
+
+
+def default_run_dir(suite: Suite) -> Path:
+    return Path("results") / suite.name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def ordered_cells(cells: list[Cell]) -> list[Cell]:
+    return sorted(cells, key=lambda c: TASK_ORDER.get(c.task, 1))
+
+
+def _write_env(run_dir: Path, suite: Suite, command: list[str]) -> None:
+    """env.json: the environment of the first invocation; later (resuming) invocations are appended."""
+    path = run_dir / "env.json"
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if path.exists():
+        env = json.loads(path.read_text())
+        env.setdefault("resumed", []).append({"timestamp": now, "command": command})
+    else:
+        env = collect_env(suite.device, command, suite.text)
+        env.update(suite=suite.name, suite_path=str(suite.path), started=now)
+    write_atomic(path, json.dumps(env, indent=2, default=str) + "\n")
+
+
+def _run_in_subprocess(job: Job, run_dir: Path, timeout_s: int) -> list[dict]:
+    cells_dir = run_dir / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    job_path, rows_path = cells_dir / f"{job.cell_id}.job.json", cells_dir / f"{job.cell_id}.rows.json"
+    log_path = cells_dir / f"{job.cell_id}.log"
+    rows_path.unlink(missing_ok=True)
+    write_atomic(job_path, json.dumps(asdict(job), default=str))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.run([sys.executable, "-m", "bench.cell", str(job_path), str(rows_path)],
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, env=env,
+                                  cwd=Path(__file__).resolve().parent.parent)
+    except subprocess.TimeoutExpired:
+        return [failure_row(job, "timeout", f"cell exceeded timeout_s={timeout_s}s")]
+    if proc.returncode == 0 and rows_path.exists():
+        return json.loads(rows_path.read_text())
+    tail = log_path.read_text()[-1500:].strip().replace("\n", " | ")
+    if proc.returncode < 0:
+        reason = f"cell process killed by signal {-proc.returncode}"
+        status = "oom" if proc.returncode == -9 else "error"  # SIGKILL: most often the kernel's OOM killer
+        return [failure_row(job, status, f"{reason}; log tail: {tail}")]
+    return [failure_row(job, "error", f"cell process exited with {proc.returncode}; log tail: {tail}")]
+
+
+def _progress(i: int, n: int, label: str, started: float, finished: int) -> str:
+    elapsed = time.monotonic() - started
+    eta = f"ETA {elapsed / finished * (n - i + 1):.0f}s" if finished else "ETA ?"
+    return f"[{i}/{n}] {label}  ({elapsed:.0f}s elapsed, {eta})"
+
+
+def run_suite(suite: Suite, run_dir: Path, command: list[str], retry_failed: bool = False,
+              log=print) -> RunSummary:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results_path = run_dir / "results.csv"
+    _write_env(run_dir, suite, command)
+    recorded = set(read_results(results_path)["cell_id"].astype(str))
+    done = done_cell_ids(results_path, retry_failed)
+    todo = [c for c in ordered_cells(suite.cells) if c.cell_id not in done]
+    log(f"suite {suite.name}: {len(suite.cells)} cells on {suite.device}, {len(suite.cells) - len(todo)} already "
+        f"done in {run_dir}")
+    started, finished, failed = time.monotonic(), 0, 0
+
+    def job_for(cell: Cell) -> Job:
+        concurrency = suite.concurrency if cell.task in ACCURACY_TASKS else 1
+        return Job(cell=cell.settings, cell_id=cell.cell_id, suite=suite.name, run_id=run_dir.name,
+                   run_dir=str(run_dir.resolve()), concurrency=concurrency)
+
+    def record(cell: Cell, rows: list[dict]) -> None:
+        nonlocal finished, failed
+        append_rows(results_path, rows, replace_cell=cell.cell_id if cell.cell_id in recorded else None)
+        finished += 1
+        bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
+        failed += bool(bad)
+        if bad:
+            log(f"    -> {bad[0]['status']}: {str(bad[0]['error'])[:200]}")
+
+    # Throughput-type cells alone and in order; accuracy cells in groups of `concurrency` on the device.
+    i = 0
+    pool_cells = [c for c in todo if c.task in ACCURACY_TASKS and c.task != "pretrain"]
+    for cell in [c for c in todo if c not in pool_cells]:
+        i += 1
+        log(_progress(i, len(todo), cell.label(), started, finished))
+        record(cell, _run_in_subprocess(job_for(cell), run_dir, suite.timeout_s))
+    with ThreadPoolExecutor(max_workers=suite.concurrency) as pool:
+        futures = []
+        for cell in pool_cells:
+            futures.append((cell, pool.submit(_run_in_subprocess, job_for(cell), run_dir, suite.timeout_s)))
+        for cell, future in futures:
+            i += 1
+            rows = future.result()
+            log(_progress(i, len(todo), cell.label(), started, finished))
+            record(cell, rows)
+    return RunSummary(run_dir=run_dir, ran=finished, skipped=len(suite.cells) - len(todo), failed=failed)
+
+
+def summary_table(results_path: Path) -> str:
+    """Median value per model, task and metric for the headline metrics, plus failure counts."""
+    frame = read_results(results_path)
+    if frame.empty:
+        return "(no results)"
+    lines = []
+    ok = frame[frame["status"] == "ok"]
+    headline = ok[ok["metric"].isin(["throughput", "peak_memory", "accuracy", "fwd_time", "fwd_bwd_time"])]
+    if not headline.empty:
+        table = headline.fillna({"model": "", "attn_backend": ""}).pivot_table(
+            index=["model", "attn_backend", "task"], columns="metric", values="value", aggfunc="median")
+        with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.4g}".format):
+            lines.append(table.to_string())
+    counts = frame.drop_duplicates("cell_id")["status"].value_counts()
+    lines.append("cells by status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return "\n".join(lines)
