@@ -6,6 +6,8 @@ Specs:
                        3x3 stride-1 stem, no max-pool
   resnet20/32/56       CIFAR-style ResNets (He et al. 2016, sec. 4.2), for 28-32 px inputs
   timm:<name>          any timm model, e.g. timm:vit_base_patch16_224 (timm's fused-attention ViT)
+  timm-vit:<variant>   timm's VisionTransformer class at one of our variants (timm-vit:Ti/4 at 28 px), the
+                       reference implementation beside vit:<variant> where timm has no such named model
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SPEC_FORMS = (
     *(f"{name}-small" for name in TORCHVISION_RESNETS),
     *CIFAR_RESNET_DEPTHS,
     "timm:<timm model name>",
+    "timm-vit:<variant>",
 )
 
 
@@ -49,8 +52,8 @@ def check_spec(spec: str) -> None:
     """Raise UnknownModelError unless `spec` names a model the registry can build (without building it)."""
     if not isinstance(spec, str):
         raise UnknownModelError(f"model spec must be a string, got {spec!r}")
-    if spec.startswith("vit:"):
-        vit_impl.parse_variant(spec[4:])
+    if spec.startswith(("vit:", "timm-vit:")):
+        vit_impl.parse_variant(spec.split(":", 1)[1])
         return
     if spec.startswith("timm:"):
         import timm
@@ -78,6 +81,9 @@ def build_model(
             **vit_overrides,
         )
         family, impl, variant, patch, backend = "vit", "native", spec[4:], model.cfg.patch_size, attn_backend
+    elif spec.startswith("timm-vit:"):
+        model = _build_timm_vit(spec[9:], img_size, in_chans, num_classes)
+        family, impl, variant, patch, backend = "vit", "timm", spec[9:], model.patch_embed.patch_size[0], "sdpa"
     elif spec.startswith("timm:"):
         model, patch = _build_timm(spec[5:], img_size, in_chans, num_classes)
         family, impl, variant = ("vit", "timm", spec[5:]) if patch else ("cnn", "timm", spec[5:])
@@ -102,6 +108,14 @@ def _build_timm(name: str, img_size: int, in_chans: int, num_classes: int) -> tu
         model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes)
     patch = model.patch_embed.patch_size[0] if isinstance(model, TimmViT) else None
     return model, patch
+
+
+def _build_timm_vit(variant: str, img_size: int, in_chans: int, num_classes: int) -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    cfg = vit_impl.config_from_variant(variant, img_size=img_size)
+    return TimmViT(img_size=img_size, patch_size=cfg.patch_size, in_chans=in_chans, num_classes=num_classes,
+                   embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio)
 
 
 def _build_torchvision_resnet(spec: str, in_chans: int, num_classes: int) -> nn.Module:

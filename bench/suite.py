@@ -3,8 +3,9 @@ expand the grid into cells.
 
 A suite's grid is a mapping axis -> list of values (cells are the cartesian product) or a list of such
 mappings (the union of their products). `include` adds partial cells (missing axes take their defaults),
-`exclude` drops every cell that matches all keys of one entry. A `cpu:` or `cuda:` block replaces, for that
-device, grid axes (in every grid) and any of the top-level measurement keys.
+`exclude` drops every cell that matches all keys of one entry. A `cpu:` or `cuda:` block applies on that
+device: its `grid` as a mapping replaces those axes in every grid, as a list replaces the whole grid; its
+`include`, `exclude` and measurement keys replace the top-level ones.
 """
 
 from __future__ import annotations
@@ -280,11 +281,11 @@ def load_suite(path: str | Path, device: str | None = None) -> Suite:
         for key in MEASUREMENT_KEYS:
             if key in block:
                 settings[key] = _check_value(path, f"{device}.{key}", SUITE_KEYS[key], block[key])
-        if "grid" in block:
-            overrides = _validated_grids(path, f"{device}.grid", block["grid"])
-            if len(overrides) != 1:
-                raise _fail(path, f"{device}.grid", "expected one mapping of axes that replace the grid's axes")
-            grids = [{**g, **overrides[0]} for g in grids]
+        if isinstance(block.get("grid"), list):  # a list of grids replaces the whole grid
+            grids = _validated_grids(path, f"{device}.grid", block["grid"])
+        elif "grid" in block:  # a mapping replaces those axes in every grid
+            overrides = _validated_grids(path, f"{device}.grid", block["grid"])[0]
+            grids = [{**g, **overrides} for g in grids]
         include = _partial_cells(path, f"{device}.include", block["include"]) if "include" in block else include
         exclude = _partial_cells(path, f"{device}.exclude", block["exclude"]) if "exclude" in block else exclude
 
@@ -327,13 +328,13 @@ def _check_cell(path: Path, c: dict) -> None:
         return
     if c["model"] is None:
         raise _fail(path, where, "every cell needs a model")
-    if c["model"].startswith("vit:"):
+    if c["model"].startswith(("vit:", "timm-vit:")):
         if c["attn_backend"] not in VIT_BACKENDS:
             raise _fail(path, where, f"attn_backend for a native ViT must be one of {', '.join(VIT_BACKENDS)}")
         from vit_impl import config_from_variant
 
         try:
-            config_from_variant(c["model"][4:], img_size=c["img_size"])
+            config_from_variant(c["model"].split(":", 1)[1], img_size=c["img_size"])
         except ValueError as err:
             raise _fail(path, where, str(err)) from None
     if task in ACCURACY_TASKS:
