@@ -339,7 +339,7 @@ def metric_table(data: pd.DataFrame) -> str:
         return "_no successful cells_"
     keys = ["device", "label", "task", "attn_backend", "dtype", "batch_size", "img_size", "dataset", "train_size",
             "attn_shape", "metric", "unit"]
-    ok[keys] = ok[keys].fillna("")
+    ok[keys] = ok[keys].astype(object).fillna("")
     table = ok.groupby(keys, sort=True)["value"].agg(median="median", min="min", max="max", n="count").reset_index()
     table = table.rename(columns={"label": "model"})
     return table.to_markdown(index=False, floatfmt=".4g")
@@ -351,7 +351,7 @@ def failure_table(data: pd.DataFrame) -> str:
         return "_none: every cell finished ok_"
     cols = ["device", "label", "task", "batch_size", "img_size", "dtype", "attn_backend", "attn_shape", "status",
             "error"]
-    bad = bad[cols].fillna("").rename(columns={"label": "model"})
+    bad = bad[cols].astype(object).fillna("").rename(columns={"label": "model"})
     bad["error"] = bad["error"].astype(str).str.slice(0, 160)
     return bad.to_markdown(index=False)
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -103,31 +104,30 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], retry_failed: boo
         return Job(cell=cell.settings, cell_id=cell.cell_id, suite=suite.name, run_id=run_dir.name,
                    run_dir=str(run_dir.resolve()), concurrency=concurrency)
 
-    def record(cell: Cell, rows: list[dict]) -> None:
-        nonlocal finished, failed
-        append_rows(results_path, rows, replace_cell=cell.cell_id if cell.cell_id in recorded else None)
-        finished += 1
-        bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
-        failed += bool(bad)
-        if bad:
-            log(f"    -> {bad[0]['status']}: {str(bad[0]['error'])[:200]}")
+    lock = threading.Lock()
+    counter = iter(range(1, len(todo) + 1))
 
-    # Throughput-type cells alone and in order; accuracy cells in groups of `concurrency` on the device.
-    i = 0
-    pool_cells = [c for c in todo if c.task in ACCURACY_TASKS and c.task != "pretrain"]
-    for cell in [c for c in todo if c not in pool_cells]:
-        i += 1
-        log(_progress(i, len(todo), cell.label(), started, finished))
-        record(cell, _run_in_subprocess(job_for(cell), run_dir, suite.timeout_s))
+    def execute(cell: Cell) -> None:
+        nonlocal finished, failed
+        with lock:
+            log(_progress(next(counter), len(todo), cell.label(), started, finished))
+        rows = _run_in_subprocess(job_for(cell), run_dir, suite.timeout_s)
+        with lock:
+            append_rows(results_path, rows, replace_cell=cell.cell_id if cell.cell_id in recorded else None)
+            finished += 1
+            bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
+            failed += bool(bad)
+            if bad:
+                log(f"    -> {cell.label()}: {bad[0]['status']}: {str(bad[0]['error'])[:200]}")
+
+    # Throughput-type cells (and pretraining, which fine-tuning waits for) one at a time, alone on the device;
+    # the other accuracy cells `concurrency` at a time.
+    shared = [c for c in todo if c.task in ACCURACY_TASKS and c.task != "pretrain"]
+    for cell in todo:
+        if cell not in shared:
+            execute(cell)
     with ThreadPoolExecutor(max_workers=suite.concurrency) as pool:
-        futures = []
-        for cell in pool_cells:
-            futures.append((cell, pool.submit(_run_in_subprocess, job_for(cell), run_dir, suite.timeout_s)))
-        for cell, future in futures:
-            i += 1
-            rows = future.result()
-            log(_progress(i, len(todo), cell.label(), started, finished))
-            record(cell, rows)
+        list(pool.map(execute, shared))
     return RunSummary(run_dir=run_dir, ran=finished, skipped=len(suite.cells) - len(todo), failed=failed)
 
 
