@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .data import input_shape
 from .env import row_versions
 from .measure.flops import forward_flops, peak_tflops
 from .measure.memory import MIB, PeakMemory, model_bytes
@@ -90,8 +91,6 @@ def measure_model(job: Job) -> list[dict]:
     """Throughput, step time, peak memory, model memory, FLOPs for task infer or train."""
     c = job.cell
     device, train = c["device"], c["task"] == "train"
-    from .data import input_shape
-
     in_chans, num_classes = input_shape(c["dataset"], c["in_chans"], c["num_classes"])
     torch.manual_seed(c["seed"])
     model, info = build_model(c["model"], img_size=c["img_size"], in_chans=in_chans, num_classes=num_classes,

@@ -25,7 +25,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(path, keep_default_na=True)
+    return pd.read_csv(path, dtype={"cell_id": str, "error": str})  # a hex id such as "1234e5678901" is not a float
 
 
 def done_cell_ids(path: str | Path, retry_failed: bool = False) -> set[str]:

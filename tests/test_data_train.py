@@ -165,3 +165,20 @@ def test_non_finite_loss_is_an_error_row(tmp_path, monkeypatch):
     monkeypatch.setitem(train_mod.RECIPES, ("cnn", "scratch"), exploding)
     rows = run_cell(job_for(tmp_path, train_size=256, steps=8, min_epochs=0))
     assert rows[0]["status"] == "error" and "non-finite training loss" in rows[0]["error"]
+
+
+def test_imagefolder_loads_and_resizes(tmp_path):
+    from PIL import Image
+
+    for split, per_class in (("train", 3), ("val", 2)):
+        for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40 + i, 30), colour).save(folder / f"{i}.png")
+    data = load_dataset(f"imagefolder:{tmp_path}", img_size=16)
+    assert data.train_x.shape == (6, 3, 16, 16) and data.test_x.shape == (4, 3, 16, 16)
+    assert data.classes == ["cat", "dog"] and data.train_x.dtype == torch.uint8
+    assert data_mod.input_shape(f"imagefolder:{tmp_path}", 3, 1000) == (3, 2)
+    with pytest.raises(DataNotFoundError, match="no train folder"):
+        load_dataset(f"imagefolder:{tmp_path / 'train'}")
