@@ -23,6 +23,12 @@ def _cmd_run(args) -> int:
         for i, cell in enumerate(suite.cells, 1):
             print(f"  {i:>3}. {cell.cell_id}  {cell.label()}")
         return 0
+    if suite.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise _UsageError(f"{suite.path}: device cuda: no CUDA device is visible here (use --device cpu, or "
+                              "--dry-run to list the GPU cells)")
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(suite)
     summary = run_suite(suite, run_dir, command=sys.argv, retry_failed=args.retry_failed)
     print()

@@ -18,7 +18,6 @@ COLUMNS = [
     # added beyond the design's schema
     "attn_shape", "channels_last", "concurrency", "steps", "epochs", "recipe", "init",
 ]
-STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 
 
 def read_results(path: str | Path) -> pd.DataFrame:

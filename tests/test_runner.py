@@ -128,6 +128,9 @@ def test_dry_run_lists_cells_and_list_command():
 
 def test_bad_arguments_exit_2():
     assert bench("run").returncode == 2
+    if not __import__("torch").cuda.is_available():
+        proc = bench("run", SMOKE, "--device", "cuda")
+        assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr
     assert bench("run", SMOKE, "--device", "tpu").returncode == 2
     proc = bench("run", "suites/none.yaml")
     assert proc.returncode == 2 and "cannot read suite file" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,5 @@
 """Task `attention`: one attention backend at one (B, H, N, D) shape: forward and forward+backward time,
-achieved TFLOP/s, peak memory of forward+backward, max error against an fp32 computation.
+achieved TFLOP/s, peak memory of forward+backward, max error against a higher-precision computation.
 
 Backends: triton (ours), math (explicit softmax in the input dtype), sdpa (PyTorch's dispatcher's pick),
 sdpa_flash / sdpa_efficient / sdpa_cudnn (one SDPA kernel forced), flex (FlexAttention, compiled). One that
@@ -8,7 +8,6 @@ cannot run here is recorded as status `skipped` with the reason.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -87,7 +86,7 @@ def measure_attention(job: Job) -> list[dict]:
         if "No available kernel" in str(err) or "not supported" in str(err).lower():
             return [rows.row("status", None, "", status="skipped", error=str(err).splitlines()[0][:300])]
         raise
-    max_error, grad_error = _errors_vs_fp32(out, (q.grad, k.grad, v.grad), q, k, v, grad)
+    max_error, grad_error = _errors_vs_reference(out, (q.grad, k.grad, v.grad), q, k, v, grad)
 
     def forward():
         with torch.no_grad():
@@ -113,13 +112,15 @@ def measure_attention(job: Job) -> list[dict]:
     return result
 
 
-def _errors_vs_fp32(out, grads, q, k, v, grad) -> tuple[float, float]:
-    """Max abs error of the output and of dq, dk, dv against the same computation in fp32 (SDPA's math
-    kernel, exact fp32 with no TF32)."""
-    ref_inputs = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    with sdpa_kernel(SDPBackend.MATH) if q.device.type == "cuda" else contextlib.nullcontext():
-        ref = F.scaled_dot_product_attention(*ref_inputs)
-    ref.backward(grad.float())
-    out_error = (out.detach().float() - ref.detach()).abs().max().item()
-    grad_error = max((g.float() - r.grad).abs().max().item() for g, r in zip(grads, ref_inputs))
+def _errors_vs_reference(out, grads, q, k, v, grad) -> tuple[float, float]:
+    """Max abs error of the output and of dq, dk, dv against an explicit-softmax computation in higher
+    precision: fp32 for fp16/bf16 inputs, fp64 for fp32 inputs (so an fp32 kernel is not compared with itself)."""
+    from vit_impl.kernels import reference_attention
+
+    ref_dtype = torch.float64 if q.dtype == torch.float32 else torch.float32
+    ref_inputs = [t.detach().to(ref_dtype).requires_grad_() for t in (q, k, v)]
+    ref = reference_attention(*ref_inputs, upcast=False)
+    ref.backward(grad.to(ref_dtype))
+    out_error = (out.detach().to(ref_dtype) - ref.detach()).abs().max().item()
+    grad_error = max((g.to(ref_dtype) - r.grad).abs().max().item() for g, r in zip(grads, ref_inputs))
     return out_error, grad_error
