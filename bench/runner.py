@@ -132,7 +132,8 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], retry_failed: boo
 
 
 def summary_table(results_path: Path) -> str:
-    """Median value per model, task and metric for the headline metrics, plus failure counts."""
+    """Median per model, task, image size, batch size and training-set size of the headline metrics (over
+    seeds), plus the cells' status counts."""
     frame = read_results(results_path)
     if frame.empty:
         return "(no results)"
@@ -140,8 +141,9 @@ def summary_table(results_path: Path) -> str:
     ok = frame[frame["status"] == "ok"]
     headline = ok[ok["metric"].isin(["throughput", "peak_memory", "accuracy", "fwd_time", "fwd_bwd_time"])]
     if not headline.empty:
-        table = headline.fillna({"model": "", "attn_backend": ""}).pivot_table(
-            index=["model", "attn_backend", "task"], columns="metric", values="value", aggfunc="median")
+        index = ["model", "attn_backend", "task", "img_size", "batch_size", "train_size"]
+        table = headline.astype({k: object for k in index}).fillna({k: "" for k in index}).pivot_table(
+            index=index, columns="metric", values="value", aggfunc="median")
         with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.4g}".format):
             lines.append(table.to_string())
     counts = frame.drop_duplicates("cell_id")["status"].value_counts()
