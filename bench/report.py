@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -54,6 +55,12 @@ def ok_metric(data: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
 
 
 def _save(fig, out: Path, name: str) -> str:
+    for ax in fig.axes:  # plain numbers on log axes, no crowded minor-tick labels
+        for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+            if scale == "log":
+                axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
     fig.savefig(out / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return name
@@ -174,6 +181,13 @@ def fig_throughput_vs_size(data: pd.DataFrame, out: Path) -> str:
     return "\n\n".join(f"![{n}]({n})" for n in names)
 
 
+def _default_backend_and_batch(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows at each device and task's most common batch size, with the default attention backends."""
+    frame = frame[frame["attn_backend"].isin(["sdpa", "triton", "none"])]
+    modal = frame.groupby(["device", "task"])["batch_size"].transform(lambda b: b.mode()[0])
+    return frame[frame["batch_size"] == modal]
+
+
 def _native_vits(thr: pd.DataFrame) -> pd.DataFrame:
     vits = thr[(thr["family"] == "vit") & thr["patch"].notna()].copy()
     vits["tokens"] = (vits["img_size"] // vits["patch"]) ** 2 + 1
@@ -184,7 +198,7 @@ def _native_vits(thr: pd.DataFrame) -> pd.DataFrame:
 def fig_patch_and_image_size(data: pd.DataFrame, out: Path) -> str:
     thr = _throughput(data)
     mem = ok_metric(data, "peak_memory", task=["infer", "train"])
-    vits = _native_vits(pd.concat([thr, mem]))
+    vits = _native_vits(_default_backend_and_batch(pd.concat([thr, mem])))
     vits = vits[vits["impl"] == "native"]
     lengths = vits.groupby(["width", "device"])["tokens"].transform("nunique")
     vits = vits[lengths > 1]
@@ -202,7 +216,7 @@ def fig_patch_and_image_size(data: pd.DataFrame, out: Path) -> str:
 
 
 def fig_image_size(data: pd.DataFrame, out: Path) -> str:
-    thr = _throughput(data)
+    thr = _default_backend_and_batch(_throughput(data))
     multi = thr.groupby("model")["img_size"].nunique()
     thr = thr[thr["model"].isin(multi[multi > 1].index)]
     if thr.empty:
@@ -210,7 +224,8 @@ def fig_image_size(data: pd.DataFrame, out: Path) -> str:
     grid = sns.relplot(data=thr, x="img_size", y="value", hue="label", style="task", kind="line", markers=True,
                        estimator="median", errorbar=None, height=4, aspect=1.4, **_facet_kwargs(thr))
     grid.set(yscale="log", xlabel="image size (px)", ylabel="throughput (images/s, log)")
-    grid.figure.suptitle("Throughput vs image size", y=1.03)
+    grid.figure.suptitle(f"Throughput vs image size (batch {', '.join(map(str, sorted(thr['batch_size'].unique())))})",
+                         y=1.03)
     return f"![image size]({_save(grid.figure, out, 'image_size.png')})"
 
 
@@ -264,20 +279,26 @@ def fig_attention(data: pd.DataFrame, out: Path) -> str:
     att = data[(data["task"] == "attention") & (data["status"] == "ok")].copy()
     if att.empty:
         raise Skip("no attention-kernel rows (run suites/attention.yaml)")
-    shape = att["attn_shape"].str.split("x", expand=True).astype(int)
-    att["seq_len"], att["backend"] = shape[2], att["attn_backend"]
-    att["shape"] = att["attn_shape"]
+    dims = att["attn_shape"].str.split("x", expand=True).astype(int)  # B, H, N, D
+    att["backend"] = att["attn_backend"]
+    order = sorted(att["attn_shape"].unique(), key=lambda s: (int(s.split("x")[2]), s))  # by sequence length
     names = []
     for kind, unit in (("time", "ms"), ("tflops", "TFLOP/s")):
         sub = att[att["metric"].isin([f"fwd_{kind}", f"fwd_bwd_{kind}"])].copy()
         sub["pass"] = sub["metric"].map({f"fwd_{kind}": "forward", f"fwd_bwd_{kind}": "forward+backward"})
-        grid = sns.relplot(data=sub, x="seq_len", y="value", hue="backend", style="dtype", col="pass",
-                           row="device" if sub["device"].nunique() > 1 else None, kind="line", markers=True,
-                           estimator="median", errorbar=None, height=4, aspect=1.2, facet_kws={"sharey": False})
-        grid.set(xscale="log", yscale="log" if kind == "time" else "linear")
-        grid.set_axis_labels("sequence length N (log)", f"{'time per call' if kind == 'time' else 'achieved'} ({unit})")
-        grid.figure.suptitle(f"Attention kernels: {'time' if kind == 'time' else 'throughput'} vs sequence length "
-                             "(shapes: see table)", y=1.03)
+        sub["series"] = sub["backend"] + " " + sub["dtype"]
+        grid = sns.catplot(data=sub, x="attn_shape", y="value", hue="series", col="pass", order=order,
+                           row="device" if sub["device"].nunique() > 1 else None, kind="point",
+                           estimator="median", errorbar=None, height=4.2, aspect=1.3, sharey=False,
+                           markers="o", linestyles="-")
+        if kind == "time":
+            grid.set(yscale="log")
+        for ax in grid.axes.flat:
+            ax.tick_params(axis="x", labelrotation=35)
+        grid.set_axis_labels("shape batch x heads x N x head dim (ordered by N)",
+                             f"{'time per call' if kind == 'time' else 'achieved'} ({unit})")
+        grid.figure.suptitle(f"Attention kernels: {'time per call' if kind == 'time' else 'achieved TFLOP/s'} "
+                             f"at ViT shapes (N = {', '.join(map(str, sorted(dims[2].unique())))})", y=1.03)
         names.append(_save(grid.figure, out, f"attention_{kind}.png"))
     return "\n\n".join(f"![{n}]({n})" for n in names)
 

@@ -141,7 +141,7 @@ def summary_table(results_path: Path) -> str:
     ok = frame[frame["status"] == "ok"]
     headline = ok[ok["metric"].isin(["throughput", "peak_memory", "accuracy", "fwd_time", "fwd_bwd_time"])]
     if not headline.empty:
-        index = ["model", "attn_backend", "task", "img_size", "batch_size", "train_size"]
+        index = ["model", "attn_backend", "task", "img_size", "batch_size", "train_size", "attn_shape"]
         table = headline.astype({k: object for k in index}).fillna({k: "" for k in index}).pivot_table(
             index=index, columns="metric", values="value", aggfunc="median")
         with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.4g}".format):
