@@ -42,8 +42,7 @@ def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
         frames.append(frame)
     data = pd.concat(frames, ignore_index=True)
     data["device"] = data["device"].fillna("?")
-    data["label"] = np.where(data["impl"].eq("timm") & data["family"].eq("vit"), data["model"] + " (timm)",
-                             data["model"])
+    data["label"] = data["model"]  # specs name the implementation already (vit:, timm:, timm-vit:)
     return data
 
 
@@ -54,12 +53,20 @@ def ok_metric(data: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
     return rows.copy()
 
 
+def _short_number(value: float) -> str:
+    """1500000 -> '1.5M', 20000 -> '20k', 0.05 -> '0.05'."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
+
+
 def _save(fig, out: Path, name: str) -> str:
     for ax in fig.axes:  # plain numbers on log axes, no crowded minor-tick labels
         for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
             if scale == "log":
                 axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: _short_number(v)))
                 axis.set_minor_formatter(NullFormatter())
     fig.savefig(out / name, dpi=110, bbox_inches="tight")
     plt.close(fig)
