@@ -25,6 +25,7 @@ from .results import read_results  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 HUE_ORDER = ["vit", "cnn"]
+DEFAULT_BACKENDS = ["sdpa", "triton", "none"]  # a model's usual attention ("none": CNNs); math is a comparison
 
 
 class Skip(Exception):
@@ -156,19 +157,22 @@ def _throughput(data: pd.DataFrame) -> pd.DataFrame:
     return thr
 
 
-def _main_setting(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per device and task, the rows at the most common image size and batch size: like against like."""
+def _like_for_like(frame: pd.DataFrame, same_image_size: bool = False) -> pd.DataFrame:
+    """Per device and task, the default attention backends at the most common batch size (and, with
+    same_image_size, the most common image size): like against like."""
+    frame = frame[frame["attn_backend"].isin(DEFAULT_BACKENDS)]
     keep = []
     for _, group in frame.groupby(["device", "task"]):
-        img = group["img_size"].mode()[0]
-        batch = group.loc[group["img_size"] == img, "batch_size"].mode()[0]
-        keep.append(group[(group["img_size"] == img) & (group["batch_size"] == batch)])
+        if same_image_size:
+            group = group[group["img_size"] == group["img_size"].mode()[0]]
+        keep.append(group[group["batch_size"] == group["batch_size"].mode()[0]])
+    if not keep:
+        raise Skip(f"no throughput rows with a default attention backend ({', '.join(DEFAULT_BACKENDS)})")
     return pd.concat(keep)
 
 
 def fig_throughput_vs_size(data: pd.DataFrame, out: Path) -> str:
-    thr = _main_setting(_throughput(data))
-    thr = thr[thr["attn_backend"].isin(["sdpa", "triton", "none"])]
+    thr = _like_for_like(_throughput(data), same_image_size=True)
     names = []
     for x, xlabel, fname in (("params", "parameters (log scale)", "throughput_vs_params.png"),
                              ("gflops", "GFLOPs per image, forward (log scale)", "throughput_vs_gflops.png")):
@@ -188,13 +192,6 @@ def fig_throughput_vs_size(data: pd.DataFrame, out: Path) -> str:
     return "\n\n".join(f"![{n}]({n})" for n in names)
 
 
-def _default_backend_and_batch(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows at each device and task's most common batch size, with the default attention backends."""
-    frame = frame[frame["attn_backend"].isin(["sdpa", "triton", "none"])]
-    modal = frame.groupby(["device", "task"])["batch_size"].transform(lambda b: b.mode()[0])
-    return frame[frame["batch_size"] == modal]
-
-
 def _native_vits(thr: pd.DataFrame) -> pd.DataFrame:
     vits = thr[(thr["family"] == "vit") & thr["patch"].notna()].copy()
     vits["tokens"] = (vits["img_size"] // vits["patch"]) ** 2 + 1
@@ -202,10 +199,10 @@ def _native_vits(thr: pd.DataFrame) -> pd.DataFrame:
     return vits
 
 
-def fig_patch_and_image_size(data: pd.DataFrame, out: Path) -> str:
+def fig_sequence_length(data: pd.DataFrame, out: Path) -> str:
     thr = _throughput(data)
     mem = ok_metric(data, "peak_memory", task=["infer", "train"])
-    vits = _native_vits(_default_backend_and_batch(pd.concat([thr, mem])))
+    vits = _native_vits(_like_for_like(pd.concat([thr, mem])))
     vits = vits[vits["impl"] == "native"]
     lengths = vits.groupby(["width", "device"])["tokens"].transform("nunique")
     vits = vits[lengths > 1]
@@ -223,7 +220,7 @@ def fig_patch_and_image_size(data: pd.DataFrame, out: Path) -> str:
 
 
 def fig_image_size(data: pd.DataFrame, out: Path) -> str:
-    thr = _default_backend_and_batch(_throughput(data))
+    thr = _like_for_like(_throughput(data))
     multi = thr.groupby("model")["img_size"].nunique()
     thr = thr[thr["model"].isin(multi[multi > 1].index)]
     if thr.empty:
@@ -251,14 +248,11 @@ def fig_memory_vs_batch(data: pd.DataFrame, out: Path) -> str:
 
 
 def fig_pareto(data: pd.DataFrame, out: Path) -> str:
-    acc = ok_metric(data, "accuracy", task="train_eval")
-    acc = acc[~acc["dataset"].str.contains(":", na=False)]
-    if acc.empty:
-        raise Skip("no from-scratch accuracy rows")
+    acc = _from_scratch_curves(data)
     best = acc[acc["train_size"] == acc.groupby("model")["train_size"].transform("max")]
     best = best.groupby(["model", "img_size", "device"], as_index=False)["value"].mean()
     thr = ok_metric(data, "throughput", task="infer")
-    thr = thr[thr["attn_backend"].isin(["sdpa", "none"])]
+    thr = thr[thr["attn_backend"].isin(DEFAULT_BACKENDS)]
     thr = thr.groupby(["model", "img_size", "device", "family"], as_index=False)["value"].max()
     both = best.merge(thr, on=["model", "img_size", "device"], suffixes=("_acc", "_thr"))
     if both.empty:
@@ -406,7 +400,7 @@ FIGURES: list[tuple[str, Callable]] = [
     ("Data efficiency", fig_data_efficiency),
     ("Pretrain -> fine-tune vs from scratch", fig_transfer),
     ("Throughput vs model size", fig_throughput_vs_size),
-    ("Sequence length (patch size)", fig_patch_and_image_size),
+    ("Sequence length (patch size)", fig_sequence_length),
     ("Image size", fig_image_size),
     ("Memory vs batch size", fig_memory_vs_batch),
     ("Accuracy vs throughput", fig_pareto),

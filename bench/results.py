@@ -27,15 +27,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"cell_id": str, "error": str})  # a hex id such as "1234e5678901" is not a float
 
 
-def done_cell_ids(path: str | Path, retry_failed: bool = False) -> set[str]:
-    """Cells with rows in the file; with retry_failed, only those whose rows are all ok or skipped."""
-    frame = read_results(path)
-    if frame.empty:
-        return set()
-    if not retry_failed:
-        return set(frame["cell_id"].astype(str))
-    failed = set(frame.loc[~frame["status"].isin(["ok", "skipped"]), "cell_id"].astype(str))
-    return set(frame["cell_id"].astype(str)) - failed
+def failed_cell_ids(frame: pd.DataFrame) -> set[str]:
+    """Cells with a row whose status is neither ok nor skipped."""
+    return set(frame.loc[~frame["status"].isin(["ok", "skipped"]), "cell_id"])
 
 
 def write_atomic(path: Path, data: str) -> None:
@@ -66,7 +60,7 @@ def append_rows(path: str | Path, rows: list[dict], replace_cell: str | None = N
     old = path.read_text() if path.exists() else ""
     if replace_cell is not None and old:
         frame = read_results(path)
-        frame = frame[frame["cell_id"].astype(str) != replace_cell]
+        frame = frame[frame["cell_id"] != replace_cell]
         buf = io.StringIO()
         frame.reindex(columns=COLUMNS).to_csv(buf, index=False)
         old = buf.getvalue()

@@ -21,7 +21,7 @@ import pandas as pd
 
 from .cell import Job, failure_row
 from .env import collect_env
-from .results import append_rows, done_cell_ids, read_results, write_atomic
+from .results import append_rows, failed_cell_ids, read_results, write_atomic
 from .suite import ACCURACY_TASKS, Cell, Suite
 
 TASK_ORDER = {"pretrain": 0}  # checkpoints first, so that fine-tune cells find them; others keep suite order
@@ -92,8 +92,9 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], retry_failed: boo
     run_dir.mkdir(parents=True, exist_ok=True)
     results_path = run_dir / "results.csv"
     _write_env(run_dir, suite, command)
-    recorded = set(read_results(results_path)["cell_id"].astype(str))
-    done = done_cell_ids(results_path, retry_failed)
+    previous = read_results(results_path)
+    recorded = set(previous["cell_id"])
+    done = recorded - failed_cell_ids(previous) if retry_failed else recorded
     todo = [c for c in ordered_cells(suite.cells) if c.cell_id not in done]
     log(f"suite {suite.name}: {len(suite.cells)} cells on {suite.device}, {len(suite.cells) - len(todo)} already "
         f"done in {run_dir}")

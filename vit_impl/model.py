@@ -46,9 +46,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.proj_drop = nn.Dropout(cfg.drop_rate)
 
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, Dh)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, H, Dh)
+        qkv = self._project(x)
         if self.backend == "triton":
             from .kernels import flash_attention_qkvpacked
 
@@ -71,8 +75,7 @@ class Attention(nn.Module):
         return ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, _ = x.shape
-        q, k, _ = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, _ = self._project(x).permute(2, 0, 3, 1, 4).unbind(0)
         return self.attention_weights(q, k)
 
 
