@@ -1,8 +1,13 @@
-"""Datasets as uint8 tensors on the training device, nested stratified subsets, and on-device augmentation.
+"""Datasets: one table (name -> loader, shape, normalisation), uint8 tensors on the training device, nested
+stratified subsets with a validation split carved from each, and on-device augmentation.
 
-Names: fashion-mnist, fashion-mnist:<a>-<b> (only classes a..b, relabelled 0..b-a: e.g. pretrain on 0-4,
-fine-tune on 5-9), cifar10, cifar100 (torchvision's python layout), imagefolder:<path> (<path>/train and
-<path>/test or <path>/val, one folder per class), synthetic (random tensors: throughput and memory only).
+Names: fashion-mnist, fashion-mnist:<a>-<b> (classes a..b only, relabelled 0..b-a: pretrain on 0-4, fine-tune on
+5-9), cifar10, cifar100 (torchvision's python layout), imagefolder:<path> (<path>/train and <path>/test or
+<path>/val, one folder per class; a relative path is taken from the directory `bench` was started in),
+synthetic (random tensors: throughput and memory only).
+
+The training and test splits are loaded by separate functions: training code receives `TrainData`, which has
+no test images; `load_test` is called once, by the final evaluation (bench/tasks/accuracy.py).
 """
 
 from __future__ import annotations
@@ -12,22 +17,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-FASHION_FILES = {
-    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
-    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
-}
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
-STATS = {  # per-channel mean and std of the training images, in [0, 1] units
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -35,16 +34,24 @@ class DataNotFoundError(FileNotFoundError):
 
 
 @dataclass
-class ImageData:
+class Split:
+    x: torch.Tensor  # (N, C, H, W) uint8
+    y: torch.Tensor  # (N,) int64
+
+    def to(self, device: str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class TrainData:
+    """A dataset's training split (never its test split) and how to read it."""
+
     name: str
-    train_x: torch.Tensor  # (N, C, H, W) uint8
-    train_y: torch.Tensor  # (N,) int64
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: list[str]
-    mean: tuple[float, ...]
+    train: Split
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per-channel, in [0, 1] units
     std: tuple[float, ...]
-    hflip: bool  # whether horizontal flips are label-preserving
+    hflip: bool  # whether horizontal flips preserve the label
 
     @property
     def num_classes(self) -> int:
@@ -52,37 +59,21 @@ class ImageData:
 
     @property
     def in_chans(self) -> int:
-        return self.train_x.shape[1]
+        return self.train.x.shape[1]
 
-    def to(self, device: str) -> "ImageData":
-        for field in ("train_x", "train_y", "test_x", "test_y"):
-            setattr(self, field, getattr(self, field).to(device))
+    def to(self, device: str) -> "TrainData":
+        self.train = self.train.to(device)
         return self
 
 
-def _class_range(name: str) -> tuple[str, range | None]:
-    match = re.fullmatch(r"(fashion-mnist):(\d)-(\d)", name)
-    if match:
-        first, last = int(match[2]), int(match[3])
-        if first > last:
-            raise ValueError(f"dataset {name!r}: class range {first}-{last} is empty")
-        return match[1], range(first, last + 1)
-    return name, None
-
-
-def input_shape(dataset: str, in_chans: int, num_classes: int) -> tuple[int, int]:
-    """(channels, classes) of a dataset without loading it; synthetic takes the given ones."""
-    base, classes = _class_range(dataset)
-    if base == "synthetic":
-        return in_chans, num_classes
-    if base == "fashion-mnist":
-        return 1, len(classes) if classes else 10
-    if base in ("cifar10", "cifar100"):
-        return 3, int(base[5:])
-    if base.startswith("imagefolder:"):
-        root = _imagefolder_split(Path(base.split(":", 1)[1]), "train")
-        return 3, len([d for d in root.iterdir() if d.is_dir()])
-    raise ValueError(f"unknown dataset {dataset!r}")
+@dataclass(frozen=True)
+class DatasetKind:
+    form: str  # how a user writes it
+    pattern: re.Pattern
+    shape: Callable[[re.Match], tuple[int, int]]  # (in_chans, num_classes) without loading the images
+    load: Callable[[re.Match, str, int], tuple[Split, tuple[str, ...]]]  # (match, split, img_size)
+    stats: Callable[[re.Match, Split], tuple[tuple[float, ...], tuple[float, ...]]]  # (mean, std)
+    hflip: bool = True
 
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
@@ -126,20 +117,19 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def _load_fashion_mnist() -> dict[str, np.ndarray]:
+def _fashion_files(split: str) -> tuple[Path, Path]:
     places = fashion_mnist_search_path()
     for folder in places:
-        found = {key: _find_idx(folder, stem) for key, stem in FASHION_FILES.items()}
-        if all(found.values()):
-            return {key: read_idx(path) for key, path in found.items()}
+        found = [_find_idx(folder, stem) for stem in FASHION_FILES[split]]
+        if all(found):
+            return found[0], found[1]
     download_root = Path.home() / ".cache" / "torchvision"
     try:
         from torchvision.datasets import FashionMNIST
 
-        for train in (True, False):
-            FashionMNIST(download_root, train=train, download=True)
+        FashionMNIST(download_root, train=split == "train", download=True)
         folder = download_root / "FashionMNIST" / "raw"
-        return {key: read_idx(_find_idx(folder, stem)) for key, stem in FASHION_FILES.items()}
+        return tuple(_find_idx(folder, stem) for stem in FASHION_FILES[split])
     except Exception as err:  # noqa: BLE001 - offline machines: the clear message below says what to do
         download_error = f"{type(err).__name__}: {str(err)[:200]}"
     searched = "\n".join(f"  - {p}" for p in places)
@@ -154,43 +144,48 @@ def _load_fashion_mnist() -> dict[str, np.ndarray]:
     )
 
 
-def _fashion_mnist(class_range: range | None) -> ImageData:
-    arrays = _load_fashion_mnist()
-    tensors = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
-    train_x, test_x = tensors["train_x"].unsqueeze(1), tensors["test_x"].unsqueeze(1)  # (N, 1, 28, 28)
-    train_y, test_y = tensors["train_y"].long(), tensors["test_y"].long()
-    classes = FASHION_CLASSES
-    if class_range is not None:
-        keep_train = (train_y >= class_range.start) & (train_y < class_range.stop)
-        keep_test = (test_y >= class_range.start) & (test_y < class_range.stop)
-        train_x, train_y = train_x[keep_train], train_y[keep_train] - class_range.start
-        test_x, test_y = test_x[keep_test], test_y[keep_test] - class_range.start
-        classes = [FASHION_CLASSES[i] for i in class_range]
-    mean, std = STATS["fashion-mnist"]
-    return ImageData("fashion-mnist", train_x, train_y, test_x, test_y, list(classes), mean, std, hflip=True)
+def _class_range(match: re.Match) -> range | None:
+    return range(int(match["first"]), int(match["last"]) + 1) if match["first"] else None
+
+
+def _fashion_shape(match: re.Match) -> tuple[int, int]:
+    classes = _class_range(match)
+    if classes is not None and not classes:
+        raise ValueError(f"dataset {match[0]!r}: class range {match['first']}-{match['last']} is empty")
+    return 1, len(classes) if classes else 10
+
+
+def _fashion_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
+    images, labels = (read_idx(p) for p in _fashion_files(split))
+    x = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    y = torch.from_numpy(labels.copy()).long()
+    classes = _class_range(match)
+    if classes is None:
+        return Split(x, y), FASHION_CLASSES
+    keep = (y >= classes.start) & (y < classes.stop)
+    return Split(x[keep], y[keep] - classes.start), tuple(FASHION_CLASSES[i] for i in classes)
 
 
 # ------------------------------------------------------------------------------- CIFAR and ImageFolder
 
 
-def _cifar(name: str) -> ImageData:
+def _cifar_class(match: re.Match):
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    cls = CIFAR10 if name == "cifar10" else CIFAR100
+    return CIFAR10 if match[0] == "cifar10" else CIFAR100
+
+
+def _cifar_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
+    cls = _cifar_class(match)
     for root in _torchvision_roots():
         if (root / cls.base_folder).is_dir():
-            splits = [cls(str(root), train=t, download=False) for t in (True, False)]
-            break
-    else:
-        searched = ", ".join(str(r / cls.base_folder) for r in _torchvision_roots())
-        raise DataNotFoundError(f"{name} not found (searched {searched}); download it with torchvision "
-                                f"(torchvision.datasets.{cls.__name__}(root, download=True)) into one of those "
-                                "roots, or set VITBENCH_DATA to the root that holds it")
-    (train_x, train_y), (test_x, test_y) = (
-        (torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets)) for s in splits
-    )
-    mean, std = STATS[name]
-    return ImageData(name, train_x, train_y, test_x, test_y, list(splits[0].classes), mean, std, hflip=True)
+            data = cls(str(root), train=split == "train", download=False)
+            x = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+            return Split(x, torch.tensor(data.targets)), tuple(data.classes)
+    searched = ", ".join(str(r / cls.base_folder) for r in _torchvision_roots())
+    raise DataNotFoundError(f"{match[0]} not found (searched {searched}); download it with torchvision "
+                            f"(torchvision.datasets.{cls.__name__}(root, download=True)) into one of those "
+                            "roots, or set VITBENCH_DATA to the root that holds it")
 
 
 def _imagefolder_split(root: Path, split: str) -> Path:
@@ -201,38 +196,98 @@ def _imagefolder_split(root: Path, split: str) -> Path:
     raise DataNotFoundError(f"imagefolder:{root}: no {' or '.join(names)} folder of class sub-folders in {root}")
 
 
-def _imagefolder(root: Path, img_size: int) -> ImageData:
+def _imagefolder_shape(match: re.Match) -> tuple[int, int]:
+    root = _imagefolder_split(Path(match["path"]), "train")
+    return 3, len([d for d in root.iterdir() if d.is_dir()])
+
+
+def _imagefolder_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
     """Every image loaded once, resized to img_size x img_size (a folder dataset has mixed sizes)."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
-    resize = v2.Compose([v2.PILToTensor(), v2.Resize(img_size), v2.CenterCrop(img_size)])
-    splits = []
-    for split in ("train", "test"):
-        folder = ImageFolder(str(_imagefolder_split(root, split)), transform=resize)
-        x = torch.stack([folder[i][0] for i in range(len(folder))]) if len(folder) else None
-        if x is None:
-            raise DataNotFoundError(f"imagefolder:{root}: the {split} split has no images")
-        splits.append((x, torch.tensor(folder.targets), folder.classes))
-    train_x = splits[0][0].float() / 255
-    mean = tuple(train_x.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(train_x.std(dim=(0, 2, 3)).tolist())
-    return ImageData(f"imagefolder:{root}", splits[0][0], splits[0][1], splits[1][0], splits[1][1], splits[0][2],
-                     mean, std, hflip=True)
+    resize = v2.Compose([v2.RGB(), v2.PILToTensor(), v2.Resize(img_size), v2.CenterCrop(img_size)])
+    folder = ImageFolder(str(_imagefolder_split(Path(match["path"]), split)), transform=resize)
+    if not len(folder):
+        raise DataNotFoundError(f"imagefolder:{match['path']}: the {split} split has no images")
+    x = torch.stack([folder[i][0] for i in range(len(folder))])
+    return Split(x, torch.tensor(folder.targets)), tuple(folder.classes)
 
 
-def load_dataset(name: str, img_size: int | None = None) -> ImageData:
-    """Load a real dataset into memory (CPU tensors; call .to(device))."""
-    base, class_range = _class_range(name)
-    if base == "synthetic":
+def _measured_stats(match: re.Match, train: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = train.x.float() / 255
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).tolist())
+
+
+def _fixed_stats(mean, std):
+    return lambda match, train: (mean, std)
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+
+DATASETS: tuple[DatasetKind, ...] = (
+    DatasetKind("fashion-mnist[:<first>-<last>]", re.compile(r"fashion-mnist(:(?P<first>\d)-(?P<last>\d))?"),
+                _fashion_shape, _fashion_load, _fixed_stats((0.2860,), (0.3530,))),
+    DatasetKind("cifar10", re.compile("cifar10"), lambda m: (3, 10), _cifar_load,
+                _fixed_stats((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
+    DatasetKind("cifar100", re.compile("cifar100"), lambda m: (3, 100), _cifar_load,
+                _fixed_stats((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
+    DatasetKind("imagefolder:<path>", re.compile(r"imagefolder:(?P<path>.+)"), _imagefolder_shape,
+                _imagefolder_load, _measured_stats),
+)
+SYNTHETIC = "synthetic"
+DATASET_FORMS = ", ".join([SYNTHETIC] + [d.form for d in DATASETS])
+
+
+def _kind(name: str) -> tuple[DatasetKind, re.Match]:
+    if isinstance(name, str):
+        for kind in DATASETS:
+            match = kind.pattern.fullmatch(name)
+            if match:
+                return kind, match
+    raise ValueError(f"unknown dataset {name!r}; expected one of {DATASET_FORMS}")
+
+
+def normalise_dataset_name(name: str) -> str:
+    """Validate a dataset name (an imagefolder must exist); a relative imagefolder path becomes absolute,
+    taken from the current directory."""
+    if name == SYNTHETIC:
+        return name
+    kind, match = _kind(name)
+    if "path" in kind.pattern.groupindex:
+        name = f"imagefolder:{Path(match['path']).expanduser().resolve()}"
+        kind, match = _kind(name)
+    kind.shape(match)  # an empty class range or a missing folder fails here, before any cell runs
+    return name
+
+
+def is_real(name: str) -> bool:
+    return name != SYNTHETIC
+
+
+def input_shape(dataset: str, in_chans: int, num_classes: int) -> tuple[int, int]:
+    """(channels, classes) of a dataset without loading it; synthetic takes the given ones."""
+    if dataset == SYNTHETIC:
+        return in_chans, num_classes
+    kind, match = _kind(dataset)
+    return kind.shape(match)
+
+
+def load_train(name: str, img_size: int) -> TrainData:
+    """The training split of a real dataset (CPU tensors; call .to(device))."""
+    if name == SYNTHETIC:
         raise ValueError("synthetic data is for throughput and memory only, never for accuracy")
-    if base == "fashion-mnist":
-        return _fashion_mnist(class_range)
-    if base in ("cifar10", "cifar100"):
-        return _cifar(base)
-    if base.startswith("imagefolder:"):
-        return _imagefolder(Path(base.split(":", 1)[1]), img_size or 224)
-    raise ValueError(f"unknown dataset {name!r}")
+    kind, match = _kind(name)
+    train, classes = kind.load(match, "train", img_size)
+    mean, std = kind.stats(match, train)
+    return TrainData(name, train, classes, mean, std, kind.hflip)
+
+
+def load_test(name: str, img_size: int) -> Split:
+    """The test split: read once, by the final evaluation of an accuracy cell, after training."""
+    kind, match = _kind(name)
+    return kind.load(match, "test", img_size)[0]
 
 
 # ---------------------------------------------------------------------------------------------- subsets
@@ -253,9 +308,22 @@ def subset_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
 
 def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
     """Indices of `size` training images (all when None), stratified by class and nested across sizes."""
-    if size is None or size >= len(labels):
-        return torch.arange(len(labels))
-    return subset_order(labels, seed)[:size]
+    order = subset_order(labels, seed)
+    return order if size is None or size >= len(labels) else order[:size]
+
+
+def train_val_split(labels: torch.Tensor, subset: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor,
+                                                                                            torch.Tensor]:
+    """Carve a stratified validation split from a subset (indices in subset order): the last
+    round(val_fraction * n_c) images of each class c, at least one where the class has two or more.
+    Returns (train indices, validation indices), disjoint, together the subset."""
+    sub_labels = labels.cpu()[subset.cpu()]
+    is_val = torch.zeros(len(subset), dtype=torch.bool)
+    for c in sub_labels.unique():
+        members = (sub_labels == c).nonzero().squeeze(1)  # positions in subset order
+        n_val = max(1, round(val_fraction * len(members))) if len(members) >= 2 else 0
+        is_val[members[len(members) - n_val:]] = True
+    return subset[~is_val.to(subset.device)], subset[is_val.to(subset.device)]
 
 
 # ------------------------------------------------------------------------------------- augmentation
@@ -263,19 +331,19 @@ def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torc
 
 class DeviceAugment:
     """uint8 (B, C, H, W) batches -> normalised float (B, C, S, S) on the data's device: random crop with
-    zero padding, horizontal flip where label-preserving, resize to the model's size S."""
+    zero padding (pad 0: none), horizontal flip where label-preserving, resize to the model's size S."""
 
-    def __init__(self, data: ImageData, img_size: int, pad: int | None = None):
-        height = data.train_x.shape[-1]
+    def __init__(self, data: TrainData, img_size: int, pad: int | None = None, flip: bool = True):
+        height = data.train.x.shape[-1]
         self.pad = max(1, height // 8) if pad is None else pad
-        self.hflip = data.hflip
+        self.hflip = data.hflip and flip
         self.img_size = img_size
-        device = data.train_x.device
+        device = data.train.x.device
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() / 255 - self.mean) / self.std
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.to(self.mean.device).float() / 255 - self.mean) / self.std
         if x.shape[-1] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
                               antialias=True)
@@ -294,7 +362,4 @@ class DeviceAugment:
             cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
         batch = torch.arange(B, device=x.device)[:, None, None]
         crops = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, H, W, C)
-        return self._normalise(crops.permute(0, 3, 1, 2))
-
-    def eval(self, x: torch.Tensor) -> torch.Tensor:
-        return self._normalise(x)
+        return self.normalise(crops.permute(0, 3, 1, 2))

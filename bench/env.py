@@ -1,10 +1,12 @@
-"""The environment record (env.json) and the per-row version columns."""
+"""The environment record (env.json), the code version, and the per-row environment columns."""
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_PATHSPEC = ":(exclude)results"  # run dirs appear under results/ while a suite runs: not code
 
 
 def _version(module: str) -> str:
@@ -21,17 +24,35 @@ def _version(module: str) -> str:
         return "unavailable"
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+
+
 @functools.cache
-def git_state() -> tuple[str, bool]:
-    """(sha, dirty) of the checkout the code runs from; ('unknown', False) outside git."""
+def code_version() -> tuple[str, bool]:
+    """(version, dirty): the git sha, plus '+dirty.<8 hex>' hashing the uncommitted changes (tracked diff and
+    untracked files, results/ excluded), so two different dirty trees get different versions."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, check=True).stdout
-        return sha, bool(status.strip())
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
+        sha = _git("rev-parse", "HEAD").strip()
+        diff = _git("diff", "HEAD", "--binary", "--", ".", RESULTS_PATHSPEC)
+        untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", ".", RESULTS_PATHSPEC)
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"vitbench-{version('vitbench')}", False
+        except PackageNotFoundError:
+            return "unknown", False
+    digest = hashlib.sha1(diff.encode())
+    for name in sorted(filter(None, untracked.split("\0"))):
+        digest.update(name.encode())
+        try:
+            digest.update((REPO_ROOT / name).read_bytes())
+        except OSError:
+            pass
+    dirty = bool(diff or untracked.strip("\0"))
+    return (f"{sha}+dirty.{digest.hexdigest()[:8]}" if dirty else sha), dirty
 
 
 @functools.cache
@@ -48,10 +69,6 @@ def gpu_name() -> str:
         return torch.cuda.get_device_name()
 
 
-def device_name(device: str) -> str:
-    return gpu_name() if device == "cuda" else cpu_name()
-
-
 @functools.cache
 def cpu_name() -> str:
     try:
@@ -63,24 +80,44 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def row_versions(device: str) -> dict:
-    """The columns every result row carries."""
-    sha, dirty = git_state()
+def device_name(device: str) -> str:
+    return gpu_name() if device == "cuda" else cpu_name()
+
+
+# fp32 matmuls and convolutions on CUDA run as TF32 in every cell (what timm's and most published benchmarks
+# use); the fp32 MFU peak (bench/measure/flops.py) is the TF32 tensor-core peak accordingly.
+TF32 = True
+
+
+def apply_matmul_policy() -> dict:
+    """Set the fp32 matmul/convolution policy in this process and return it as recorded in env.json."""
+    torch.backends.cuda.matmul.allow_tf32 = TF32
+    torch.backends.cudnn.allow_tf32 = TF32
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "fp32_peak": "tf32" if TF32 else "fp32"}
+
+
+def row_environment(device: str) -> dict:
+    """The environment columns of every result row."""
+    version, dirty = code_version()
     return {
-        "git_sha": sha + ("-dirty" if dirty else ""),
+        "code_version": version,
+        "git_sha": version.split("+")[0] + ("-dirty" if dirty else ""),
         "torch": torch.__version__,
         "timm": _version("timm"),
         "triton": _version("triton"),
         "gpu": gpu_name() if device == "cuda" else "",
+        "host": socket.gethostname(),
     }
 
 
 def collect_env(device: str, command: list[str], suite_text: str) -> dict:
-    sha, dirty = git_state()
+    version, dirty = code_version()
     cuda = torch.cuda.is_available()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "host": socket.gethostname(),
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
         "timm": _version("timm"),
@@ -90,11 +127,14 @@ def collect_env(device: str, command: list[str], suite_text: str) -> dict:
         "device_name": device_name(device),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpu_count": torch.cuda.device_count() if cuda else 0,
-        "git_sha": sha,
+        "matmul_policy": apply_matmul_policy(),
+        "code_version": version,
+        "git_sha": version.split("+")[0],
         "git_dirty": dirty,
         "command": command,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),

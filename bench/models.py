@@ -1,19 +1,19 @@
-"""Model registry: a spec string -> a model and its metadata.
+"""Model registry: one table of model families, each a spec form -> builder, family, attention backends and
+weight loader. Every other module (suite validation, tasks, fine-tuning) asks this table.
 
 Specs:
   vit:<variant>        our ViT (vit_impl), e.g. vit:B/16, vit:S/4, vit:Mu/4
-  resnet18 ... 152     torchvision ResNets; add '-small' (resnet18-small) for 28-32 px inputs:
-                       3x3 stride-1 stem, no max-pool
+  timm-vit:<variant>   timm's VisionTransformer class at one of our variants (the reference beside vit:<variant>)
+  timm:<name>          any timm model, e.g. timm:vit_base_patch16_224
+  resnet18 ... 152     torchvision ResNets; '-small' (resnet18-small): 3x3 stride-1 stem, no max-pool, for 28-32 px
   resnet20/32/56       CIFAR-style ResNets (He et al. 2016, sec. 4.2), for 28-32 px inputs
-  timm:<name>          any timm model, e.g. timm:vit_base_patch16_224 (timm's fused-attention ViT)
-  timm-vit:<variant>   timm's VisionTransformer class at one of our variants (timm-vit:Ti/4 at 28 px), the
-                       reference implementation beside vit:<variant> where timm has no such named model
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,112 +23,179 @@ import vit_impl
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
-SPEC_FORMS = (
-    "vit:<variant> (variants: " + ", ".join(f"{n}/<patch>" for n in vit_impl.VARIANTS) + ")",
-    *TORCHVISION_RESNETS,
-    *(f"{name}-small" for name in TORCHVISION_RESNETS),
-    *CIFAR_RESNET_DEPTHS,
-    "timm:<timm model name>",
-    "timm-vit:<variant>",
-)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    spec: str
-    family: str  # vit | cnn
-    impl: str  # native | torchvision | timm
-    variant: str  # e.g. "B/16", "resnet50", the timm name
-    patch: int | None  # ViT patch size, None for CNNs
-    params: int
-    attn_backend: str  # the ViT's attention backend; "none" for CNNs
 
 
 class UnknownModelError(ValueError):
     pass
 
 
-def check_spec(spec: str) -> None:
-    """Raise UnknownModelError unless `spec` names a model the registry can build (without building it)."""
-    if not isinstance(spec, str):
-        raise UnknownModelError(f"model spec must be a string, got {spec!r}")
-    if spec.startswith(("vit:", "timm-vit:")):
-        vit_impl.parse_variant(spec.split(":", 1)[1])
-        return
-    if spec.startswith("timm:"):
-        import timm
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a built model is (the rows' effective columns)."""
 
-        if not timm.is_model(spec[5:]):
-            raise UnknownModelError(f"unknown timm model {spec[5:]!r} (see timm.list_models())")
-        return
-    if spec in TORCHVISION_RESNETS or spec.removesuffix("-small") in TORCHVISION_RESNETS:
-        return
-    if spec in CIFAR_RESNET_DEPTHS:
-        return
-    raise UnknownModelError(f"unknown model spec {spec!r}; known: {', '.join(SPEC_FORMS)}")
+    spec: str
+    family: str  # vit | cnn
+    impl: str  # native | torchvision | timm
+    variant: str  # e.g. "B/16", "resnet50", the timm name
+    patch: int | None  # ViT patch size, None for CNNs
+    params: int
+    attn_backend: str  # attention that runs: math | sdpa | triton for ours, sdpa for timm's ViTs, none for CNNs
 
 
-def build_model(
-    spec: str, *, img_size: int, in_chans: int = 3, num_classes: int = 1000, attn_backend: str = "sdpa", **vit_overrides
-) -> tuple[nn.Module, ModelInfo]:
-    """Build the model named by `spec` for img_size x img_size inputs with in_chans channels."""
-    check_spec(spec)
-    patch = None
-    backend = "none"
-    if spec.startswith("vit:"):
-        model = vit_impl.create_vit(
-            spec[4:], img_size=img_size, in_chans=in_chans, num_classes=num_classes, attn_backend=attn_backend,
-            **vit_overrides,
-        )
-        family, impl, variant, patch, backend = "vit", "native", spec[4:], model.cfg.patch_size, attn_backend
-    elif spec.startswith("timm-vit:"):
-        model = _build_timm_vit(spec[9:], img_size, in_chans, num_classes)
-        family, impl, variant, patch, backend = "vit", "timm", spec[9:], model.patch_embed.patch_size[0], "sdpa"
-    elif spec.startswith("timm:"):
-        model, patch = _build_timm(spec[5:], img_size, in_chans, num_classes)
-        family, impl, variant = ("vit", "timm", spec[5:]) if patch else ("cnn", "timm", spec[5:])
-        backend = "sdpa" if patch else "none"
-    elif spec in CIFAR_RESNET_DEPTHS:
-        model = CifarResNet(CIFAR_RESNET_DEPTHS[spec], in_chans=in_chans, num_classes=num_classes)
-        family, impl, variant = "cnn", "native", spec
-    else:
-        model = _build_torchvision_resnet(spec, in_chans, num_classes)
-        family, impl, variant = "cnn", "torchvision", spec
-    params = sum(p.numel() for p in model.parameters())
-    return model, ModelInfo(spec, family, impl, variant, patch, params, backend)
+@dataclass(frozen=True)
+class Built:
+    model: nn.Module
+    family: str
+    variant: str
+    patch: int | None
+    attn_backend: str
 
 
-def _build_timm(name: str, img_size: int, in_chans: int, num_classes: int) -> tuple[nn.Module, int | None]:
+def _fit_by_name(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load every tensor whose name and shape fit; only the classifier may stay fresh (a new label set)."""
+    own = model.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in fitting]
+    classifier = [k for k in missing if k.split(".")[0] in ("fc", "head", "classifier")]
+    if len(missing) != len(classifier) or not fitting:
+        raise ValueError(f"checkpoint does not fit the model: missing or mis-shaped {missing[:8]}")
+    model.load_state_dict(fitting, strict=False)
+
+
+def _load_native_vit(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    model.load_pretrained(state, keep_head=False)  # resamples position embeddings; a fresh head
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    form: str  # how a user writes it
+    pattern: re.Pattern
+    impl: str
+    attn_backends: tuple[str, ...]  # the attn_backend axis values it accepts; () = not applicable ("none")
+    check: Callable[[re.Match], None]  # raises UnknownModelError for a bad name inside the form
+    build: Callable[..., Built]  # (match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
+    load_weights: Callable[[nn.Module, dict], None] = _fit_by_name
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+
+def _check_vit_variant(match: re.Match) -> None:
+    try:
+        vit_impl.parse_variant(match["name"])
+    except ValueError as err:
+        raise UnknownModelError(str(err)) from None
+
+
+def _build_native_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+    model = vit_impl.create_vit(match["name"], img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+                                attn_backend=backend, drop_path_rate=drop_path_rate)
+    return Built(model, "vit", match["name"], model.cfg.patch_size, backend)
+
+
+def _build_timm_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    cfg = vit_impl.config_from_variant(match["name"], img_size=img_size)
+    model = TimmViT(img_size=img_size, patch_size=cfg.patch_size, in_chans=in_chans, num_classes=num_classes,
+                    embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                    drop_path_rate=drop_path_rate)
+    return Built(model, "vit", match["name"], cfg.patch_size, "sdpa")
+
+
+def _check_timm(match: re.Match) -> None:
+    import timm
+
+    if not timm.is_model(match["name"]):
+        raise UnknownModelError(f"unknown timm model {match['name']!r} (see timm.list_models())")
+
+
+def _build_timm(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
     import timm
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+    name = match["name"]
     try:
         model = timm.create_model(name, pretrained=False, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
     except TypeError:  # models without an img_size argument (CNNs)
         model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes)
-    patch = model.patch_embed.patch_size[0] if isinstance(model, TimmViT) else None
-    return model, patch
+    if isinstance(model, TimmViT):
+        return Built(model, "vit", name, model.patch_embed.patch_size[0], "sdpa")
+    return Built(model, "cnn", name, None, "none")
 
 
-def _build_timm_vit(variant: str, img_size: int, in_chans: int, num_classes: int) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
-
-    cfg = vit_impl.config_from_variant(variant, img_size=img_size)
-    return TimmViT(img_size=img_size, patch_size=cfg.patch_size, in_chans=in_chans, num_classes=num_classes,
-                   embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio)
-
-
-def _build_torchvision_resnet(spec: str, in_chans: int, num_classes: int) -> nn.Module:
+def _build_torchvision_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
     import torchvision
 
-    name = spec.removesuffix("-small")
-    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
-    if spec.endswith("-small"):
+    model = getattr(torchvision.models, match["name"])(weights=None, num_classes=num_classes)
+    if match["small"]:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     elif in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return model
+    return Built(model, "cnn", match[0], None, "none")
+
+
+def _build_cifar_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+    model = CifarResNet(CIFAR_RESNET_DEPTHS[match[0]], in_chans=in_chans, num_classes=num_classes)
+    return Built(model, "cnn", match[0], None, "none")
+
+
+def _no_check(match: re.Match) -> None:
+    return None
+
+
+FAMILIES: tuple[ModelFamily, ...] = (
+    ModelFamily("vit:<variant>", re.compile(r"vit:(?P<name>.+)"), "native", vit_impl.ATTN_BACKENDS,
+                _check_vit_variant, _build_native_vit, _load_native_vit),
+    ModelFamily("timm-vit:<variant>", re.compile(r"timm-vit:(?P<name>.+)"), "timm", (), _check_vit_variant,
+                _build_timm_vit),
+    ModelFamily("timm:<timm model name>", re.compile(r"timm:(?P<name>.+)"), "timm", (), _check_timm, _build_timm),
+    ModelFamily("resnet18..resnet152[-small]",
+                re.compile(rf"(?P<name>{'|'.join(TORCHVISION_RESNETS)})(?P<small>-small)?"), "torchvision", (),
+                _no_check, _build_torchvision_resnet),
+    ModelFamily("resnet20 | resnet32 | resnet56", re.compile("|".join(CIFAR_RESNET_DEPTHS)), "native", (),
+                _no_check, _build_cifar_resnet),
+)
+SPEC_FORMS = tuple(f.form for f in FAMILIES)
+
+
+def family_of(spec: str) -> tuple[ModelFamily, re.Match]:
+    """The family whose form `spec` is written in, and the match; UnknownModelError otherwise."""
+    if not isinstance(spec, str):
+        raise UnknownModelError(f"model spec must be a string, got {spec!r}")
+    for fam in FAMILIES:
+        match = fam.pattern.fullmatch(spec)
+        if match:
+            fam.check(match)
+            return fam, match
+    raise UnknownModelError(f"unknown model spec {spec!r}; known: {', '.join(SPEC_FORMS)}")
+
+
+def check_spec(spec: str) -> None:
+    """Raise UnknownModelError unless `spec` names a model the registry can build (without building it)."""
+    family_of(spec)
+
+
+def attn_backends(spec: str) -> tuple[str, ...]:
+    """The attention backends a model accepts; () where the choice does not apply."""
+    return family_of(spec)[0].attn_backends
+
+
+def build_model(spec: str, *, img_size: int, in_chans: int = 3, num_classes: int = 1000,
+                attn_backend: str = "sdpa", drop_path_rate: float = 0.0) -> tuple[nn.Module, ModelInfo]:
+    """Build the model named by `spec` for img_size x img_size inputs with in_chans channels; drop_path_rate
+    (stochastic depth) applies to ViTs only."""
+    fam, match = family_of(spec)
+    built = fam.build(match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
+    params = sum(p.numel() for p in built.model.parameters())
+    return built.model, ModelInfo(spec, built.family, fam.impl, built.variant, built.patch, params,
+                                  built.attn_backend)
+
+
+def load_weights(spec: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Fine-tuning: load a state dict into a model built from `spec` (classifier left fresh)."""
+    family_of(spec)[0].load_weights(model, state)
 
 
 # ------------------------------------------------------------------ CIFAR-style ResNet (He et al. 2016, 4.2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -44,7 +45,13 @@ def load_runs(run_dirs: list[Path]) -> pd.DataFrame:
     data = pd.concat(frames, ignore_index=True)
     data["device"] = data["device"].fillna("?")
     data["label"] = data["model"]  # specs name the implementation already (vit:, timm:, timm-vit:)
+    data["subset"] = data["train_size_used"] + data["val_size"]  # training images the cell drew (train + val)
     return data
+
+
+def unpaired(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ordinary cells; paired cells (compare_to) feed the ratio table, not the figures."""
+    return frame[frame["compare_to"].isna()]
 
 
 def ok_metric(data: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
@@ -94,13 +101,13 @@ def _from_scratch_curves(data: pd.DataFrame) -> pd.DataFrame:
 def fig_data_efficiency(data: pd.DataFrame, out: Path) -> str:
     acc = _from_scratch_curves(data)
     acc = acc.assign(accuracy=acc["value"] * 100)
-    grid = sns.relplot(data=acc, x="train_size", y="accuracy", hue="label", style="family", kind="line",
+    grid = sns.relplot(data=acc, x="subset", y="accuracy", hue="label", style="family", kind="line",
                        markers=True, dashes=False, errorbar=("pi", 100), height=4.2, aspect=1.4,
                        **_facet_kwargs(acc))
     grid.set(xscale="log", xlabel="training images (log scale)", ylabel="test top-1 accuracy (%)")
     grid.figure.suptitle("Data efficiency: accuracy vs training-set size (band: min-max over seeds)", y=1.03)
     name = _save(grid.figure, out, "data_efficiency.png")
-    seeds = acc.groupby(["label", "train_size"])["seed"].nunique().min()
+    seeds = acc.groupby(["label", "subset"])["seed"].nunique().min()
     return f"![data efficiency]({name})\n\nLines: mean over {seeds}+ seeds per point; bands: min to max over seeds."
 
 
@@ -109,8 +116,8 @@ def crossover_statement(data: pd.DataFrame) -> str:
     acc = _from_scratch_curves(data)
     lines = []
     for (device, dataset), group in acc.groupby(["device", "dataset"]):
-        means = group.groupby(["family", "label", "train_size"])["value"].mean().reset_index()
-        best = means.groupby(["family", "train_size"])["value"].max().unstack("family")
+        means = group.groupby(["family", "label", "subset"])["value"].mean().reset_index()
+        best = means.groupby(["family", "subset"])["value"].max().unstack("family")
         if not {"vit", "cnn"} <= set(best.columns):
             lines.append(f"- {dataset} on {device}: only one family measured; no crossover to estimate.")
             continue
@@ -139,7 +146,7 @@ def fig_transfer(data: pd.DataFrame, out: Path) -> str:
     acc = acc[acc["dataset"].isin(targets)]
     acc = acc.assign(accuracy=acc["value"] * 100,
                      start=np.where(acc["task"] == "finetune", "pretrained, fine-tuned", "from scratch"))
-    grid = sns.relplot(data=acc, x="train_size", y="accuracy", hue="label", style="start", kind="line",
+    grid = sns.relplot(data=acc, x="subset", y="accuracy", hue="label", style="start", kind="line",
                        markers=True, errorbar=("pi", 100), height=4.2, aspect=1.4, **_facet_kwargs(acc))
     grid.set(xscale="log", xlabel="training images of the target classes (log scale)",
              ylabel="test top-1 accuracy (%)")
@@ -151,7 +158,7 @@ def fig_transfer(data: pd.DataFrame, out: Path) -> str:
 
 
 def _throughput(data: pd.DataFrame) -> pd.DataFrame:
-    thr = ok_metric(data, "throughput", task=["infer", "train"])
+    thr = unpaired(ok_metric(data, "throughput", task=["infer", "train"]))
     if thr.empty:
         raise Skip("no throughput rows (run suites/scaling.yaml)")
     return thr
@@ -160,7 +167,7 @@ def _throughput(data: pd.DataFrame) -> pd.DataFrame:
 def _like_for_like(frame: pd.DataFrame, same_image_size: bool = False) -> pd.DataFrame:
     """Per device and task, the default attention backends at the most common batch size (and, with
     same_image_size, the most common image size): like against like."""
-    frame = frame[frame["attn_backend"].isin(DEFAULT_BACKENDS)]
+    frame = frame[frame["attn_backend_used"].isin(DEFAULT_BACKENDS)]
     keep = []
     for _, group in frame.groupby(["device", "task"]):
         if same_image_size:
@@ -201,7 +208,7 @@ def _native_vits(thr: pd.DataFrame) -> pd.DataFrame:
 
 def fig_sequence_length(data: pd.DataFrame, out: Path) -> str:
     thr = _throughput(data)
-    mem = ok_metric(data, "peak_memory", task=["infer", "train"])
+    mem = unpaired(ok_metric(data, "peak_memory", task=["infer", "train"]))
     vits = _native_vits(_like_for_like(pd.concat([thr, mem])))
     vits = vits[vits["impl"] == "native"]
     lengths = vits.groupby(["width", "device"])["tokens"].transform("nunique")
@@ -235,8 +242,8 @@ def fig_image_size(data: pd.DataFrame, out: Path) -> str:
 
 def fig_memory_vs_batch(data: pd.DataFrame, out: Path) -> str:
     mem = ok_metric(data, "peak_memory", task=["infer", "train"])
-    counts = mem.groupby(["label", "task", "img_size", "attn_backend"])["batch_size"].nunique()
-    keep = counts[counts > 1].reset_index()[["label", "task", "img_size", "attn_backend"]]
+    counts = mem.groupby(["label", "task", "img_size", "attn_backend_used"])["batch_size"].nunique()
+    keep = counts[counts > 1].reset_index()[["label", "task", "img_size", "attn_backend_used"]]
     mem = mem.merge(keep)
     if mem.empty:
         raise Skip("no model measured at two or more batch sizes")
@@ -249,10 +256,10 @@ def fig_memory_vs_batch(data: pd.DataFrame, out: Path) -> str:
 
 def fig_pareto(data: pd.DataFrame, out: Path) -> str:
     acc = _from_scratch_curves(data)
-    best = acc[acc["train_size"] == acc.groupby("model")["train_size"].transform("max")]
+    best = acc[acc["subset"] == acc.groupby("model")["subset"].transform("max")]
     best = best.groupby(["model", "img_size", "device"], as_index=False)["value"].mean()
-    thr = ok_metric(data, "throughput", task="infer")
-    thr = thr[thr["attn_backend"].isin(DEFAULT_BACKENDS)]
+    thr = unpaired(ok_metric(data, "throughput", task="infer"))
+    thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
     thr = thr.groupby(["model", "img_size", "device", "family"], as_index=False)["value"].max()
     both = best.merge(thr, on=["model", "img_size", "device"], suffixes=("_acc", "_thr"))
     if both.empty:
@@ -307,49 +314,21 @@ def fig_attention(data: pd.DataFrame, out: Path) -> str:
 # ------------------------------------------------------------------------------------ attention maps
 
 
-def fig_attention_rollout(data: pd.DataFrame, out: Path, run_dirs: list[Path]) -> str:
-    import torch
-
-    from vit_impl import attention_rollout
-
-    from .data import DeviceAugment, load_dataset
-    from .models import build_model
-
-    checkpoints = [p for d in run_dirs for p in sorted((d / "checkpoints").glob("vit-*.pt"))]
-    if not checkpoints:
-        raise Skip("no trained native-ViT checkpoint in the run dirs (pretrain cells save them)")
-    ckpt = torch.load(checkpoints[0], map_location="cpu", weights_only=False)
-    cell = ckpt["cell"]
-    try:
-        dataset = load_dataset(cell["dataset"], cell["img_size"])
-    except FileNotFoundError as err:
-        raise Skip(f"the checkpoint's dataset is not available here: {str(err).splitlines()[0]}") from None
-    model, _ = build_model(cell["model"], img_size=cell["img_size"], in_chans=dataset.in_chans,
-                           num_classes=dataset.num_classes)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randperm(len(dataset.test_y), generator=generator)[:6]
-    images = dataset.test_x[picks]
-    x = DeviceAugment(dataset, cell["img_size"]).eval(images)
-    rollout = attention_rollout(model.attention_maps(x))  # (6, g, g)
-    predictions = model(x).argmax(-1)
-    fig, axes = plt.subplots(2, 6, figsize=(13, 4.8))
-    for i in range(6):
-        image = images[i].float().mean(0).numpy()
-        axes[0, i].imshow(image, cmap="gray")
-        axes[0, i].set_title(f"true: {dataset.classes[dataset.test_y[picks[i]]]}\npred: "
-                             f"{dataset.classes[predictions[i]]}", fontsize=8)
-        heat = torch.nn.functional.interpolate(rollout[i][None, None], size=image.shape, mode="bilinear")[0, 0]
-        axes[1, i].imshow(image, cmap="gray")
-        axes[1, i].imshow(heat.numpy(), cmap="inferno", alpha=0.6)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(f"Attention rollout of {cell['model']} trained on {cell['dataset']} (test images; bright = "
-                 f"the class token attends there)")
-    name = _save(fig, out, "attention_rollout.png")
-    return f"![attention rollout]({name})\n\nCheckpoint: `{checkpoints[0].name}` (test accuracy " \
-           f"{ckpt.get('accuracy', float('nan')) * 100:.1f}%)."
+def fig_attention_rollout(data: pd.DataFrame, out: Path) -> str:
+    """The figure a rollout cell wrote (the report never loads a model)."""
+    cells = ok_metric(data, "checkpoint_accuracy", task="rollout")
+    if cells.empty:
+        raise Skip("no rollout cell (task rollout, after a pretrain cell of a native ViT)")
+    parts = []
+    for _, r in cells.iterrows():
+        source = Path(r["run_dir"]) / r["artifact"]
+        if not source.is_file():
+            raise Skip(f"the rollout figure {source} is missing")
+        name = f"attention_rollout_{r['cell_id']}.png"
+        shutil.copyfile(source, out / name)
+        parts.append(f"![attention rollout]({name})\n\n{r['model']} trained on {r['dataset']} "
+                     f"(checkpoint test accuracy {r['value'] * 100:.1f}%).")
+    return "\n\n".join(parts)
 
 
 # -------------------------------------------------------------------------------------------- tables
@@ -359,7 +338,7 @@ def metric_table(data: pd.DataFrame) -> str:
     ok = data[data["status"] == "ok"].copy()
     if ok.empty:
         return "_no successful cells_"
-    keys = ["device", "label", "task", "attn_backend", "dtype", "batch_size", "img_size", "dataset", "train_size",
+    keys = ["device", "label", "task", "attn_backend_used", "dtype", "batch_size", "img_size", "dataset", "train_size",
             "attn_shape", "metric", "unit"]
     ok[keys] = ok[keys].astype(object).fillna("")
     table = ok.groupby(keys, sort=True)["value"].agg(median="median", min="min", max="max", n="count").reset_index()
@@ -425,7 +404,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
                 pass
     parts.append("\n## Attention maps\n")
     try:
-        parts.append(fig_attention_rollout(data, out, run_dirs))
+        parts.append(fig_attention_rollout(data, out))
     except Skip as why:
         parts.append(f"_Skipped: {why}._")
     parts += ["\n## Failed, out-of-memory, timed-out and skipped cells\n", failure_table(data),

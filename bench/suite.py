@@ -1,178 +1,50 @@
-"""Suite files: load (yaml.safe_load), validate with messages naming file, key path and what is allowed, and
-expand the grid into cells.
+"""Suite files: load (UTF-8 text under a size limit, no duplicate keys, bounded alias expansion), validate with
+one-line messages naming the file, the key and what is allowed, and expand the grid into CellSpecs.
 
-A suite's grid is a mapping axis -> list of values (cells are the cartesian product) or a list of such
-mappings (the union of their products). `include` adds partial cells (missing axes take their defaults),
-`exclude` drops every cell that matches all keys of one entry. A `cpu:` or `cuda:` block applies on that
-device: its `grid` as a mapping replaces those axes in every grid, as a list replaces the whole grid; its
-`include`, `exclude` and measurement keys replace the top-level ones.
+A suite's grid is a mapping axis -> list of values (cells are the cartesian product) or a list of such mappings
+(the union of their products); a grid entry may carry `study: <tag>` (or a list of tags), which tags its cells
+for the report without being an axis. `include` adds partial cells (missing axes take their defaults),
+`exclude` drops every cell that matches all keys of one entry. A `cpu:` or `cuda:` block applies on that device:
+its `grid` as a mapping replaces those axes in every grid, as a list replaces the whole grid; its `include`,
+`exclude` and measurement keys replace the top-level ones. Relative paths in values (`imagefolder:`, `file:`)
+are taken from the directory `bench` is started in.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import itertools
 import json
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from .models import check_spec
+from .spec import AXES, GRID_AXES, CellSpec, SpecError, choice, non_negative_int, positive_int
 
-INFER_TASKS = ("infer", "train")
-ACCURACY_TASKS = ("train_eval", "pretrain", "finetune")
-TASKS = (*INFER_TASKS, "attention", *ACCURACY_TASKS)
-DTYPES = ("fp32", "fp16", "bf16")
-VIT_BACKENDS = ("math", "sdpa", "triton")
-ATTENTION_BACKENDS = ("triton", "math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
-DATASET_FORMS = "synthetic, fashion-mnist, fashion-mnist:<first>-<last> (a class range), cifar10, cifar100, " \
-                "imagefolder:<path>"
-_DATASET_RE = re.compile(r"^(synthetic|fashion-mnist(:\d-\d)?|cifar10|cifar100|imagefolder:.+)$")
+MAX_SUITE_BYTES = 256 * 1024
+MAX_YAML_NODES = 100_000  # values after alias expansion: a 400-byte file must not become gigabytes
+DEFAULT_MAX_CELLS = 2_000
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class SuiteError(ValueError):
     """An invalid suite: the message is one line, 'file: key.path: what is wrong and what is allowed'."""
 
 
-class _Invalid(ValueError):
-    pass
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _Invalid(f"expected a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _Invalid(f"expected an integer >= 0, got {value!r}")
-    return value
-
-
-def _optional_positive_int(value: Any) -> int | None:
-    return None if value is None else _positive_int(value)
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise _Invalid(f"expected one of {', '.join(allowed)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {value!r}")
-    return value
-
-
-def _model(value: Any) -> str:
-    try:
-        check_spec(value)
-    except ValueError as err:
-        raise _Invalid(str(err)) from None
-    return value
-
-
-def _dataset(value: Any) -> str:
-    if not isinstance(value, str) or not _DATASET_RE.match(value):
-        raise _Invalid(f"expected one of {DATASET_FORMS}, got {value!r}")
-    return value
-
-
-def _attn_shape(value: Any) -> tuple[int, int, int, int] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or len(value) != 4:
-        raise _Invalid(f"expected [batch, heads, seq_len, head_dim], got {value!r}")
-    return tuple(_positive_int(v) for v in value)
-
-
-def _init(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not (_DATASET_RE.match(value) or value.startswith(("timm", "file:"))):
-        raise _Invalid(f"expected a pretrain dataset of this suite ({DATASET_FORMS}), 'timm' (timm's cached "
-                       f"pretrained weights) or 'file:<path to a state dict>', got {value!r}")
-    return value
-
-
-@dataclass(frozen=True)
-class Axis:
-    default: Any
-    check: Callable[[Any], Any]
-    help: str
-
-
-AXES: dict[str, Axis] = {
-    "model": Axis(None, _model, "registry spec: vit:<variant>, resnet18..152[-small], resnet20/32/56, timm:<name>"),
-    "task": Axis("infer", _choice(*TASKS), "what the cell measures: " + ", ".join(TASKS)),
-    "batch_size": Axis(32, _positive_int, "images per step"),
-    "img_size": Axis(224, _positive_int, "input height = width in pixels"),
-    "dtype": Axis("fp32", _choice(*DTYPES), "fp32, or autocast to fp16 / bf16"),
-    "attn_backend": Axis("sdpa", _choice(*sorted(set(VIT_BACKENDS + ATTENTION_BACKENDS))),
-                         "native ViT: math|sdpa|triton; task attention: " + "|".join(ATTENTION_BACKENDS)),
-    "compile": Axis(False, _bool, "wrap the model in torch.compile"),
-    "dataset": Axis("synthetic", _dataset, DATASET_FORMS),
-    "train_size": Axis(None, _optional_positive_int, "training images (stratified, nested); null = all"),
-    "seed": Axis(0, _non_negative_int, "random seed"),
-    "in_chans": Axis(3, _positive_int, "input channels for synthetic data (real datasets set their own)"),
-    "num_classes": Axis(1000, _positive_int, "classes for synthetic data (real datasets set their own)"),
-    "attn_shape": Axis(None, _attn_shape, "task attention: [batch, heads, seq_len, head_dim]"),
-    "steps": Axis(1000, _positive_int, "accuracy tasks: optimizer-step budget"),
-    "min_epochs": Axis(1, _non_negative_int, "accuracy tasks: at least this many epochs whatever the steps"),
-    "init": Axis(None, _init, "task finetune: where the weights come from"),
+SETTINGS = {  # suite-level settings: check, default, help
+    "repeats": (positive_int, 5, "timed repeats per throughput cell (median, p20, p80 over them)"),
+    "warmup": (non_negative_int, 2, "untimed warm-up steps"),
+    "iters": (positive_int, 5, "steps per timed repeat"),
+    "timeout_s": (positive_int, 600, "seconds a cell may run before it is recorded as a timeout"),
+    "concurrency": (positive_int, 1, "accuracy cells run at once on one device (throughput cells: alone)"),
 }
-
-
-SUITE_KEYS: dict[str, Axis] = {
-    "name": Axis(None, lambda v: v, "suite name (results/<name>/)"),
-    "description": Axis("", lambda v: v, "free text"),
-    "device": Axis("auto", _choice("auto", "cpu", "cuda"), "where cells run"),
-    "repeats": Axis(5, _positive_int, "timed repeats per throughput cell (median, p20, p80 over them)"),
-    "warmup": Axis(2, _non_negative_int, "untimed warm-up steps"),
-    "iters": Axis(5, _positive_int, "steps per timed repeat"),
-    "timeout_s": Axis(600, _positive_int, "seconds a cell may run before it is recorded as a timeout"),
-    "concurrency": Axis(1, _positive_int, "accuracy cells run at once on one device (throughput cells: alone)"),
-}
-MEASUREMENT_KEYS = ("repeats", "warmup", "iters", "timeout_s", "concurrency")
-DEVICE_BLOCK_KEYS = ("grid", "include", "exclude", *MEASUREMENT_KEYS)
-TOP_KEYS = (*SUITE_KEYS, "grid", "include", "exclude", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One fully resolved measurement: every axis set, plus the suite's measurement settings."""
-
-    settings: dict = field(hash=False)
-
-    @property
-    def cell_id(self) -> str:
-        blob = json.dumps(self.settings, sort_keys=True, default=str).encode()
-        return hashlib.sha1(blob).hexdigest()[:12]
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.settings[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def label(self) -> str:
-        s = self.settings
-        parts = [s["model"], s["task"], f"bs{s['batch_size']}", f"{s['img_size']}px", s["dtype"]]
-        if s["task"] == "attention":
-            parts = ["attention", s["attn_backend"], "x".join(map(str, s["attn_shape"])), s["dtype"]]
-        elif s["task"] in ACCURACY_TASKS:
-            parts += [s["dataset"], f"n={s['train_size'] or 'all'}", f"seed{s['seed']}"]
-        elif s["model"].startswith("vit:"):
-            parts.append(s["attn_backend"])
-        return " ".join(parts)
+DEVICE_BLOCK_KEYS = ("grid", "include", "exclude", *SETTINGS)
+TOP_KEYS = ("name", "description", "device", *DEVICE_BLOCK_KEYS, "cpu", "cuda")
+GRID_ENTRY_KEYS = (*GRID_AXES, "study")
 
 
 @dataclass
@@ -181,51 +53,124 @@ class Suite:
     name: str
     description: str
     device: str
-    repeats: int
-    warmup: int
-    iters: int
     timeout_s: int
     concurrency: int
-    cells: list[Cell]
+    cells: list[CellSpec]
     text: str
 
 
 def _fail(path: Path, key: str, message: str) -> SuiteError:
+    message = " ".join(str(message).split())
+    if len(message) > 400:
+        message = message[:400] + " ..."
     return SuiteError(f"{path}: {key}: {message}")
 
 
-def _check_keys(path: Path, where: str, mapping: Any, allowed: tuple[str, ...] | dict) -> None:
+# ------------------------------------------------------------------------------------------ loading
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys (which would otherwise silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "unhashable key", key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line "
+                                                        f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_nodes(value: Any, budget: int) -> int:
+    """Values in `value` as if aliases were copied, stopping once over `budget` (so the walk stays cheap)."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > budget:
+            return count
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def _read(path: Path) -> tuple[str, Any]:
+    try:
+        if path.stat().st_size > MAX_SUITE_BYTES:
+            raise SuiteError(f"{path}: <file>: {path.stat().st_size} bytes; a suite file may have at most "
+                             f"{MAX_SUITE_BYTES} bytes")
+        data = path.read_bytes()
+    except OSError as err:
+        raise SuiteError(f"{path}: <file>: cannot read suite file: {err.strerror or err}") from None
+    if b"\0" in data:
+        raise SuiteError(f"{path}: <file>: binary data (NUL bytes); a suite is a UTF-8 YAML text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{path}: <file>: not UTF-8 text (byte {err.start}); a suite is a UTF-8 YAML text file") \
+            from None
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SuiteError(f"{path}: <file>: invalid YAML{line}: {problem}") from None
+    if _count_nodes(raw, MAX_YAML_NODES) > MAX_YAML_NODES:
+        raise SuiteError(f"{path}: <file>: expands to more than {MAX_YAML_NODES} values (YAML aliases?); "
+                         "write the suite out plainly")
+    return text, raw
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _check_keys(path: Path, where: str, mapping: Any, allowed: tuple[str, ...]) -> dict:
     if not isinstance(mapping, dict):
         raise _fail(path, where or "<top level>", f"expected a mapping, got {type(mapping).__name__}")
     for key in mapping:
         if key not in allowed:
             prefix = f"{where}." if where else ""
-            raise _fail(path, f"{prefix}{key}", f"unknown key; allowed: {', '.join(allowed)}")
+            raise _fail(path, f"{prefix}{key}", f"unknown key; allowed: {', '.join(map(str, allowed))}")
+    return mapping
 
 
-def _check_value(path: Path, key: str, spec: Axis, value: Any) -> Any:
+def _checked(path: Path, key: str, check, value: Any) -> Any:
     try:
-        return spec.check(value)
-    except _Invalid as err:
+        return check(value)
+    except SpecError as err:
         raise _fail(path, key, str(err)) from None
 
 
-def _validated_grids(path: Path, where: str, grid: Any) -> list[dict[str, list]]:
-    grids = grid if isinstance(grid, list) else [grid]
-    if not grids:
+def _grid_entries(path: Path, where: str, grid: Any) -> list[tuple[dict[str, list], tuple[str, ...]]]:
+    """Validated grid entries: (axis -> checked values, study tags)."""
+    entries = grid if isinstance(grid, list) else [grid]
+    if not entries:
         raise _fail(path, where, "empty grid: give at least one axis with at least one value")
     result = []
-    for i, g in enumerate(grids):
+    for i, entry in enumerate(entries):
         key = f"{where}[{i}]" if isinstance(grid, list) else where
-        _check_keys(path, key, g, AXES)
-        if not g:
-            raise _fail(path, key, f"empty grid; axes: {', '.join(AXES)}")
-        for axis, values in g.items():
+        _check_keys(path, key, entry, GRID_ENTRY_KEYS)
+        study = _checked(path, f"{key}.study", AXES["study"].metadata["check"], entry.get("study", []))
+        axes = {axis: values for axis, values in entry.items() if axis != "study"}
+        if not axes:
+            raise _fail(path, key, f"empty grid entry; axes: {', '.join(GRID_AXES)}")
+        checked = {}
+        for axis, values in axes.items():
             if not isinstance(values, list) or not values:
                 raise _fail(path, f"{key}.{axis}", f"expected a non-empty list of values, got {values!r}")
-            for j, value in enumerate(values):
-                _check_value(path, f"{key}.{axis}[{j}]", AXES[axis], value)
-        result.append(g)
+            check = AXES[axis].metadata["check"]
+            checked[axis] = [_checked(path, f"{key}.{axis}[{j}]", check, v) for j, v in enumerate(values)]
+        result.append((checked, study))
     return result
 
 
@@ -234,11 +179,12 @@ def _partial_cells(path: Path, where: str, entries: Any) -> list[dict]:
         return []
     if not isinstance(entries, list):
         raise _fail(path, where, f"expected a list of partial cells (mappings), got {entries!r}")
+    out = []
     for i, entry in enumerate(entries):
-        _check_keys(path, f"{where}[{i}]", entry, AXES)
-        for axis, value in entry.items():
-            _check_value(path, f"{where}[{i}].{axis}", AXES[axis], value)
-    return entries
+        _check_keys(path, f"{where}[{i}]", entry, GRID_ENTRY_KEYS)
+        out.append({axis: _checked(path, f"{where}[{i}].{axis}", AXES[axis].metadata["check"], value)
+                    for axis, value in entry.items()})
+    return out
 
 
 def _resolve_device(requested: str) -> str:
@@ -249,103 +195,82 @@ def _resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_suite(path: str | Path, device: str | None = None) -> Suite:
+def load_suite(path: str | Path, device: str | None = None, max_cells: int = DEFAULT_MAX_CELLS) -> Suite:
     """Read, validate and expand a suite for `device` (cpu|cuda|auto; None = the suite's own setting)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SuiteError(f"{path}: cannot read suite file: {err.strerror or err}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SuiteError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from None
+    text, raw = _read(path)
     _check_keys(path, "", raw, TOP_KEYS)
-    if not isinstance(raw.get("name"), str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", raw["name"]):
-        raise _fail(path, "name", f"expected a name of letters, digits, '_', '.', '-', got {raw.get('name')!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        shown = name if not isinstance(name, str) or len(name) <= 40 else name[:40] + "..."
+        raise _fail(path, "name", f"expected a plain name of 1 to 64 letters, digits, '_' or '-' (it names "
+                                  f"results/<name>/), got {shown!r}")
     if "grid" not in raw:
         raise _fail(path, "grid", "missing; a suite needs a grid of axes to expand into cells")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise _fail(path, "description", f"expected text, got {type(description).__name__}")
+    requested = device or raw.get("device", "auto")
+    device = _resolve_device(_checked(path, "device (--device)", choice("auto", "cpu", "cuda"), requested))
 
-    settings = {key: spec.default for key, spec in SUITE_KEYS.items()}
-    for key in SUITE_KEYS:
-        if key in raw:
-            settings[key] = _check_value(path, key, SUITE_KEYS[key], raw[key])
-    device = _resolve_device(_check_value(path, "device (--device)", SUITE_KEYS["device"], device or settings["device"]))
-
-    grids = _validated_grids(path, "grid", raw["grid"])
+    settings = {key: _checked(path, key, check, raw[key]) if key in raw else default
+                for key, (check, default, _) in SETTINGS.items()}
+    grids = _grid_entries(path, "grid", raw["grid"])
     include = _partial_cells(path, "include", raw.get("include"))
     exclude = _partial_cells(path, "exclude", raw.get("exclude"))
     block = raw.get(device)
     if block is not None:
         _check_keys(path, device, block, DEVICE_BLOCK_KEYS)
-        for key in MEASUREMENT_KEYS:
+        for key, (check, _, _) in SETTINGS.items():
             if key in block:
-                settings[key] = _check_value(path, f"{device}.{key}", SUITE_KEYS[key], block[key])
+                settings[key] = _checked(path, f"{device}.{key}", check, block[key])
         if isinstance(block.get("grid"), list):  # a list of grids replaces the whole grid
-            grids = _validated_grids(path, f"{device}.grid", block["grid"])
+            grids = _grid_entries(path, f"{device}.grid", block["grid"])
         elif "grid" in block:  # a mapping replaces those axes in every grid
-            overrides = _validated_grids(path, f"{device}.grid", block["grid"])[0]
-            grids = [{**g, **overrides} for g in grids]
+            overrides = _grid_entries(path, f"{device}.grid", block["grid"])[0][0]
+            grids = [({**axes, **overrides}, study) for axes, study in grids]
         include = _partial_cells(path, f"{device}.include", block["include"]) if "include" in block else include
         exclude = _partial_cells(path, f"{device}.exclude", block["exclude"]) if "exclude" in block else exclude
 
-    cells = _expand(path, grids, include, exclude, settings, device)
-    return Suite(path=path, name=raw["name"], description=str(raw.get("description", "")), device=device,
-                 cells=cells, text=text, **{k: settings[k] for k in MEASUREMENT_KEYS})
+    n_cells = sum(math.prod(len(v) for v in axes.values()) for axes, _ in grids) + len(include)
+    if n_cells > max_cells:
+        raise _fail(path, "grid", f"expands to {n_cells} cells, more than the limit of {max_cells}; pass "
+                                  f"--max-cells {n_cells} to run it anyway")
+    fixed = {"device": device, **{k: settings[k] for k in ("repeats", "warmup", "iters")}}
+    cells = _expand(path, grids, include, exclude, fixed)
+    return Suite(path=path, name=name, description=description, device=device, timeout_s=settings["timeout_s"],
+                 concurrency=settings["concurrency"], cells=cells, text=text)
 
 
-def _expand(path, grids, include, exclude, settings, device) -> list[Cell]:
+def _expand(path: Path, grids, include, exclude, fixed: dict) -> list[CellSpec]:
+    from .tasks import TASKS
+
     partials: list[dict] = []
-    for g in grids:
-        axes = list(g)
-        partials += [dict(zip(axes, combo)) for combo in itertools.product(*(g[a] for a in axes))]
+    for axes, study in grids:
+        names = list(axes)
+        partials += [{**dict(zip(names, combo)), "study": study}
+                     for combo in itertools.product(*(axes[a] for a in names))]
     partials += include
-    cells, seen = [], set()
+    defaults = {name: f.default for name, f in AXES.items()}
+    cells: dict[str, CellSpec] = {}
     for partial in partials:
-        if any(all(partial.get(k, AXES[k].default) == v for k, v in ex.items()) for ex in exclude):
+        if any(all(partial.get(k, defaults[k]) == v for k, v in ex.items()) for ex in exclude):
             continue
-        values = {axis: spec.default for axis, spec in AXES.items()}
-        values.update(partial)
-        _check_cell(path, values)
-        cell = Cell({**values, "device": device, **{k: settings[k] for k in ("repeats", "warmup", "iters")}})
-        if cell.cell_id not in seen:
-            seen.add(cell.cell_id)
-            cells.append(cell)
+        spec = CellSpec(**{**partial, **fixed})
+        try:
+            spec = TASKS[spec.task].check(spec)
+        except SpecError as err:
+            shown = {k: spec.column_value(k) for k in ("model", "task", "img_size", "dataset")
+                     if getattr(spec, k) not in (None, defaults[k])}
+            raise _fail(path, f"grid: cell {json.dumps(shown)}", str(err)) from None
+        known = cells.get(spec.cell_id)
+        if known is not None:  # the same cell from two entries: one cell with both entries' study tags
+            spec = dataclasses.replace(known, study=tuple(sorted(set(known.study) | set(spec.study))))
+        cells[spec.cell_id] = spec
     if not cells:
         raise _fail(path, "grid", "no cells left after include/exclude")
-    return cells
+    return list(cells.values())
 
 
-def _check_cell(path: Path, c: dict) -> None:
-    """Rules that involve several axes; each names the offending cell."""
-    where = "grid: cell " + json.dumps({k: c[k] for k in ("model", "task", "img_size", "dataset") if c[k] is not None})
-    task = c["task"]
-    if task == "attention":
-        if c["attn_shape"] is None:
-            raise _fail(path, where, "task attention needs attn_shape: [batch, heads, seq_len, head_dim]")
-        if c["attn_backend"] not in ATTENTION_BACKENDS:
-            raise _fail(path, where, f"attn_backend for task attention must be one of {', '.join(ATTENTION_BACKENDS)}")
-        return
-    if c["model"] is None:
-        raise _fail(path, where, "every cell needs a model")
-    if c["model"].startswith(("vit:", "timm-vit:")):
-        if c["attn_backend"] not in VIT_BACKENDS:
-            raise _fail(path, where, f"attn_backend for a native ViT must be one of {', '.join(VIT_BACKENDS)}")
-        from vit_impl import config_from_variant
-
-        try:
-            config_from_variant(c["model"].split(":", 1)[1], img_size=c["img_size"])
-        except ValueError as err:
-            raise _fail(path, where, str(err)) from None
-    if task in ACCURACY_TASKS:
-        if c["dataset"] == "synthetic":
-            raise _fail(path, where, f"task {task} measures accuracy and needs a real dataset ({DATASET_FORMS}); "
-                        "synthetic data is for throughput and memory only")
-        if task == "finetune" and c["init"] is None:
-            raise _fail(path, where, "task finetune needs init: the pretrain dataset, 'timm' or 'file:<path>'")
-
-
-def describe_axes() -> str:
-    return "\n".join(f"  {name:<13} default {spec.default!r:<12} {spec.help}" for name, spec in AXES.items())
-
-
+def describe_settings() -> str:
+    return "\n".join(f"  {key:<13} default {default!r:<12} {help}" for key, (_, default, help) in SETTINGS.items())

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench import report as report_mod
-from bench.results import append_rows
+from bench.results import write_results_csv
 
 MODELS = {  # label: (family, impl, params, gflops, patch, throughput at batch 32)
     "vit:Ti/4": ("vit", "native", 5.5e6, 0.5, 4, 150.0),
@@ -15,9 +15,12 @@ MODELS = {  # label: (family, impl, params, gflops, patch, throughput at batch 3
 
 
 def row(**kw):
-    base = {"suite": "fixture", "run_id": "r", "device": "cpu", "status": "ok", "dtype": "fp32", "img_size": 28,
-            "dataset": "synthetic", "attn_backend": "sdpa", "seed": 0, "unit": "", "compile": False}
+    base = {"schema_version": 2, "suite": "fixture", "run_id": "r", "device": "cpu", "status": "ok", "dtype": "fp32",
+            "img_size": 28, "dataset": "synthetic", "attn_backend": "sdpa", "seed": 0, "unit": "", "compile": False}
     base.update(kw)
+    base.setdefault("attn_backend_used", "none" if kw.get("family") == "cnn" else base["attn_backend"])
+    if "train_size" in kw:
+        base.update(train_size_used=round(kw["train_size"] * 0.9), val_size=kw["train_size"] - round(kw["train_size"] * 0.9))
     base.setdefault("cell_id", "-".join(str(kw.get(k)) for k in ("model", "task", "batch_size", "train_size",
                                                                  "seed", "dataset", "img_size")))
     return base
@@ -50,7 +53,7 @@ def run_dir(tmp_path):
     rows.append(row(model="vit:S/4", family="vit", impl="native", task="train", batch_size=4096, metric="status",
                     value=None, status="oom", error="OutOfMemoryError: tried to allocate 40 GiB"))
     path = tmp_path / "run"
-    append_rows(path / "results.csv", rows)
+    write_results_csv(path / "results.csv", rows)
     (path / "env.json").write_text(json.dumps({"device": "cpu", "device_name": "fixture cpu", "torch": "x",
                                                "timm": "y", "triton": "z", "git_sha": "abc", "git_dirty": False}))
     return path

@@ -1,7 +1,10 @@
-"""The runner end to end: a real smoke run, failures recorded as rows, resume after kill -9, env.json."""
+"""The runner end to end: schema rows, failures as rows, resume, the run-dir lock, process hygiene, damaged
+result files, code versions, untrusted files. Each failure class of the core-redesign issue has a test here."""
 
 import json
 import os
+import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.results import COLUMNS
+from bench.results import COLUMNS, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "suites" / "smoke.yaml"
@@ -21,6 +24,50 @@ SMOKE = ROOT / "suites" / "smoke.yaml"
 def bench(*args, env=None, **kwargs):
     return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, env=env, **kwargs)
+
+
+def suite_file(tmp_path, body, name="t"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\n" + textwrap.dedent(body))
+    return path
+
+
+ONE_CELL = "repeats: 1\nwarmup: 0\niters: 1\ngrid:\n  model: [resnet20]\n  img_size: [28]\n  batch_size: [2]\n"
+# a cell that runs for minutes unless stopped (the tests kill it)
+SLOW_CELL = "repeats: 100000\nwarmup: 0\niters: 10\ntimeout_s: 300\ngrid:\n  model: [resnet20]\n  task: [train]\n" \
+            "  img_size: [28]\n  batch_size: [64]\n"
+
+
+def cell_processes(run_dir: Path) -> list[int]:
+    """pids of live cell processes working for this run dir."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = next(l for l in (proc / "status").read_text().splitlines() if l.startswith("State:"))
+        except (OSError, StopIteration):
+            continue
+        if b"bench.cell" in cmd and any(str(run_dir).encode() in part for part in cmd) and "zombie" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+def wait_for(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_runner(suite, run_dir, *extra):
+    return subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--run-dir", str(run_dir),
+                             "--device", "cpu", *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +82,22 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_writes_schema_rows(smoke_run):
     run_dir, proc = smoke_run
     frame = pd.read_csv(run_dir / "results.csv")
-    assert list(frame.columns) == COLUMNS
+    assert list(frame.columns) == list(COLUMNS) and (frame["schema_version"] == SCHEMA_VERSION).all()
     assert (frame["status"] == "ok").all()
-    assert frame["cell_id"].nunique() == 5
+    assert frame["cell_id"].nunique() == 5 and len(list((run_dir / "cells").glob("*.json"))) == 5
     for metric in ("throughput", "step_time", "peak_memory", "model_memory", "achieved_tflops"):
         values = frame.loc[frame["metric"] == metric, "value"]
         assert len(values) == 5 and (values > 0).all(), metric
     thr = frame[frame["metric"] == "throughput"]
     assert (thr["p20"] <= thr["value"]).all() and (thr["value"] <= thr["p80"]).all()
     assert set(thr["family"]) == {"vit", "cnn"} and (thr["gflops"] > 0).all()
+    assert (thr["samples"].str.count(";") == 2).all()  # the 3 raw repeats beside the median
+    assert thr["other_cpu"].notna().all() and (thr["usable_cores"] >= 1).all()
+    cnn = thr[thr["family"] == "cnn"]
+    assert set(cnn["attn_backend"]) == {"none"} and set(cnn["attn_backend_used"]) == {"none"}
+    assert thr["code_version"].str.fullmatch(r"[0-9a-f]{40}(\+dirty\.[0-9a-f]{8})?").all()
     assert "[5/5]" in proc.stdout and "ETA" in proc.stdout and "python -m bench report" in proc.stdout
+    assert not list((run_dir / "work").glob("*")), "transient job files are removed"
 
 
 @pytest.mark.slow
@@ -52,16 +105,14 @@ def test_env_json(smoke_run):
     run_dir, _ = smoke_run
     env = json.loads((run_dir / "env.json").read_text())
     for key in ("python", "torch", "torchvision", "timm", "triton", "device", "device_name", "cpu", "git_sha",
-                "git_dirty", "command", "suite_text", "cuda"):
+                "git_dirty", "code_version", "command", "suite_text", "cuda", "matmul_policy", "usable_cores"):
         assert key in env, key
-    assert env["suite_text"] == SMOKE.read_text() and env["device"] == "cpu"
+    assert env["suite_text"] == SMOKE.read_text() and env["device"] == "cpu" and env["suite"] == "smoke"
 
 
 @pytest.mark.slow
 def test_failures_become_rows_and_the_run_goes_on(tmp_path):
-    suite = tmp_path / "fail.yaml"
-    suite.write_text(textwrap.dedent("""
-        name: fail
+    suite = suite_file(tmp_path, """
         repeats: 2
         warmup: 0
         iters: 1
@@ -69,7 +120,7 @@ def test_failures_become_rows_and_the_run_goes_on(tmp_path):
           - {model: ["vit:Mu/4"], attn_backend: [triton], img_size: [28], batch_size: [2]}
           - {model: ["vit:Ti/2"], attn_backend: [math], img_size: [896], batch_size: [1], task: [infer]}
           - {model: [resnet20], img_size: [28], batch_size: [2]}
-    """))
+    """)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # triton on a CPU: a clear error
     env["CUDA_VISIBLE_DEVICES"] = ""
     proc = bench("run", suite, "--run-dir", tmp_path / "run", "--device", "cpu", env=env, timeout=600)
@@ -80,12 +131,13 @@ def test_failures_become_rows_and_the_run_goes_on(tmp_path):
     errors = frame.set_index("model")["error"]
     assert "needs a CUDA device" in errors["vit:Mu/4"]
     assert "can't allocate memory" in errors["vit:Ti/2"]
+    failed = frame[frame["status"] != "ok"]  # failure rows carry the requested settings, same as ok rows
+    assert set(failed["attn_backend"]) == {"triton", "math"} and set(failed["img_size"]) == {28, 896}
 
 
 @pytest.mark.slow
 def test_timeout_is_recorded(tmp_path):
-    suite = tmp_path / "slow.yaml"
-    suite.write_text("name: slow\ntimeout_s: 1\ngrid:\n  model: [resnet20]\n  img_size: [28]\n")
+    suite = suite_file(tmp_path, "timeout_s: 1\ngrid:\n  model: [resnet20]\n  img_size: [28]\n")
     proc = bench("run", suite, "--run-dir", tmp_path / "run", "--device", "cpu", timeout=300)
     assert proc.returncode == 0
     frame = pd.read_csv(tmp_path / "run" / "results.csv")
@@ -93,28 +145,144 @@ def test_timeout_is_recorded(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9(tmp_path):
+def test_runner_killed_with_sigkill_takes_its_cell_along_and_resumes_cleanly(tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "bench", "run", str(SMOKE), "--run-dir", str(run_dir), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    results = run_dir / "results.csv"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill -9 once two cells are recorded, in the middle of the third
-        if results.exists() and pd.read_csv(results)["cell_id"].nunique() >= 2:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = set(pd.read_csv(results)["cell_id"])
-    assert 2 <= len(done_before) < 5
-    rerun = bench("run", SMOKE, "--run-dir", run_dir, "--device", "cpu", timeout=600)
+    suite = suite_file(tmp_path, ONE_CELL.replace("[resnet20]", "[resnet20, resnet32]").replace(
+        "  batch_size: [2]", "  batch_size: [2]\n  task: [infer, train]"))
+    runner = start_runner(suite, run_dir)
+    wait_for(lambda: len(list((run_dir / "cells").glob("*.json"))) >= 2 and cell_processes(run_dir), what="2 cells")
+    runner.send_signal(signal.SIGKILL)  # the runner alone, not its process group
+    runner.wait()
+    wait_for(lambda: not cell_processes(run_dir), timeout=10, what="the orphaned cell to die")
+    done_before = {p.stem for p in (run_dir / "cells").glob("*.json")}
+    assert 2 <= len(done_before) < 4
+    rerun = bench("run", suite, "--run-dir", run_dir, "--device", "cpu", timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(done_before)} already done" in rerun.stdout
-    frame = pd.read_csv(results)
-    assert frame["cell_id"].nunique() == 5 and done_before <= set(frame["cell_id"])
+    assert "took over the lock left by a runner that is no longer running (pid" in rerun.stdout
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert frame["cell_id"].nunique() == 4 and done_before <= set(frame["cell_id"])
     assert not frame.duplicated(["cell_id", "metric"]).any()
     assert len(json.loads((run_dir / "env.json").read_text())["resumed"]) == 1
+
+
+@pytest.mark.slow
+def test_second_runner_is_refused_and_a_cell_killed_by_a_signal_is_recorded(tmp_path):
+    run_dir = tmp_path / "run"
+    suite = suite_file(tmp_path, SLOW_CELL)
+    runner = start_runner(suite, run_dir)
+    try:
+        (cell_pid,) = wait_for(lambda: cell_processes(run_dir), what="the cell process")
+        second = bench("run", suite, "--run-dir", run_dir, "--device", "cpu", timeout=120)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"in use by another runner (pid {runner.pid} on" in second.stderr
+        os.kill(cell_pid, signal.SIGTERM)
+        out, err = runner.communicate(timeout=120)
+    finally:
+        runner.kill()
+    assert runner.returncode == 0, err
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert frame["status"].tolist() == ["killed"]
+    assert "killed by signal 15 (SIGTERM)" in frame["error"].iloc[0]
+
+
+@pytest.mark.slow
+def test_damaged_results_are_rebuilt_and_damaged_cell_files_rerun(smoke_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    text = (run_dir / "results.csv").read_text()
+    (run_dir / "results.csv").write_text(text[: len(text) // 2])  # cut mid-line
+    victim = sorted((run_dir / "cells").glob("*.json"))[0]
+    victim.write_text(victim.read_text()[:100])  # a cell file cut short (only possible from outside)
+    rerun = bench("run", SMOKE, "--run-dir", run_dir, "--device", "cpu", "--allow-mixed-versions", timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "4 already done" in rerun.stdout and f"cells/{victim.name} was damaged" in rerun.stdout
+    frame = pd.read_csv(run_dir / "results.csv")
+    assert frame["cell_id"].nunique() == 5 and not frame.duplicated(["cell_id", "metric"]).any()
+    assert (run_dir / "cells" / f"{victim.name}.damaged").exists()
+
+
+@pytest.mark.parametrize("content", ["", "garbage\x00\x01,\n1,2,3\n", "a,b\n1,2\n"])
+def test_unreadable_results_are_one_line_errors(tmp_path, content):
+    (tmp_path / "results.csv").write_text(content)
+    proc = bench("report", tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_results_of_an_older_schema_are_refused(tmp_path):
+    (tmp_path / "results.csv").write_text("suite,run_id,cell_id,metric,value,status\ns,r,abc,throughput,1.0,ok\n")
+    proc = bench("report", tmp_path)
+    assert proc.returncode == 2 and "not a vitbench results file of schema 2" in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_with_another_code_version_is_refused_unless_allowed(tmp_path):
+    run_dir = tmp_path / "run"
+    suite = suite_file(tmp_path, ONE_CELL)
+    assert bench("run", suite, "--run-dir", run_dir, "--device", "cpu", timeout=300).returncode == 0
+    env = json.loads((run_dir / "env.json").read_text())
+    env["code_version"] = "0123456789abcdef"
+    (run_dir / "env.json").write_text(json.dumps(env))
+    refused = bench("run", suite, "--run-dir", run_dir, "--device", "cpu")
+    assert refused.returncode == 2 and "started with code version 0123456789abcdef" in refused.stderr
+    assert "--allow-mixed-versions" in refused.stderr
+    allowed = bench("run", suite, "--run-dir", run_dir, "--device", "cpu", "--allow-mixed-versions")
+    assert allowed.returncode == 0 and "1 already done" in allowed.stdout
+
+
+def test_run_dir_problems_are_one_line_errors(tmp_path):
+    suite = suite_file(tmp_path, ONE_CELL)
+    (tmp_path / "afile").write_text("x")
+    other = suite_file(tmp_path, ONE_CELL, name="other")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "env.json").write_text(json.dumps({"suite": "other", "code_version": "x"}))
+    for run_dir, expected in ((tmp_path / "afile", "exists and is not a directory"),
+                              (tmp_path / "afile" / "run", "cannot write there"),
+                              (Path("/sys/vitbench-test"), "cannot write there"),
+                              (tmp_path / "used", "holds suite 'other', not 't'")):
+        proc = bench("run", suite, "--run-dir", run_dir, "--device", "cpu")
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert other.exists()
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that a loader ran foreign code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_untrusted_checkpoints_never_run_code(tmp_path, smoke_run):
+    import torch
+
+    from bench.results import CellContext
+    from bench.spec import Budget, CellSpec
+    from bench.tasks.accuracy import _load_init
+    from bench.models import build_model
+
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": _Payload(str(marker))}, f)
+    # a report of a run dir holding a crafted checkpoint reads result files only
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run[0], run_dir)
+    (run_dir / "checkpoints").mkdir()
+    shutil.copy(evil, run_dir / "checkpoints" / "vit-Mu-4__fashion-mnist-0-4__28px__seed0.pt")
+    assert bench("report", run_dir).returncode == 0
+    # fine-tuning from a file loads it with weights_only=True: refused, nothing executed
+    spec = CellSpec(model="resnet20", task="finetune", dataset="fashion-mnist", img_size=28, budget=Budget(epochs=1),
+                    init=f"file:{evil}")
+    model, info = build_model("resnet20", img_size=28, in_chans=1, num_classes=10)
+    with pytest.raises(pickle.UnpicklingError):
+        _load_init(model, info, spec, CellContext("t", "r", run_dir))
+    assert not marker.exists()
+    with pytest.raises(Exception):
+        torch.load(evil, weights_only=True)
+    assert not marker.exists()
 
 
 def test_dry_run_lists_cells_and_list_command():
@@ -122,7 +290,8 @@ def test_dry_run_lists_cells_and_list_command():
     assert proc.returncode == 0 and "5 cells" in proc.stdout and "vit:Mu/4 infer bs8 28px" in proc.stdout
     listing = bench("list")
     assert listing.returncode == 0
-    for expected in ("vit:<variant>", "resnet20", "timm:<timm model name>", "Mu/<patch>", "suites/scaling.yaml"):
+    for expected in ("vit:<variant>", "resnet20", "timm:<timm model name>", "Mu/<patch>", "suites/scaling.yaml",
+                     "train_eval", "budget", "compare_to"):
         assert expected in listing.stdout
 
 
@@ -132,5 +301,6 @@ def test_bad_arguments_exit_2():
         proc = bench("run", SMOKE, "--device", "cuda")
         assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr
     assert bench("run", SMOKE, "--device", "tpu").returncode == 2
+    assert bench("run", SMOKE, "--gpus", "a,b").returncode == 2
     proc = bench("run", "suites/none.yaml")
     assert proc.returncode == 2 and "cannot read suite file" in proc.stderr and "Traceback" not in proc.stderr

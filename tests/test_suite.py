@@ -1,4 +1,4 @@
-"""Suite validation (one test per kind of bad input) and grid expansion."""
+"""Suite validation: every kind of bad input is one line naming the file, the key and what is allowed."""
 
 import textwrap
 
@@ -22,11 +22,16 @@ def write(tmp_path, text, name="s.yaml"):
     return path
 
 
-def error_of(tmp_path, text, device="cpu"):
+def error_of(tmp_path, text, device="cpu", **kwargs):
+    path = tmp_path / "s.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(textwrap.dedent(text))
     with pytest.raises(SuiteError) as err:
-        load_suite(write(tmp_path, text), device)
+        load_suite(path, device, **kwargs)
     message = str(err.value)
-    assert "\n" not in message and str(tmp_path) in message
+    assert "\n" not in message and str(path) in message and len(message) < 700
     return message
 
 
@@ -38,27 +43,61 @@ def error_of(tmp_path, text, device="cpu"):
         (GOOD + "repeats: many\n", "repeats: expected a positive integer, got 'many'"),
         (GOOD.replace("img_size: [28]", "img_size: [28]\n  batch_size: [8, 16, big]"),
          "grid.batch_size[2]: expected a positive integer, got 'big'"),
-        (GOOD.replace("img_size: [28]", "img_size: [28]\n  batch_size: [0]"), "grid.batch_size[0]: expected a positive"),
-        (GOOD.replace("img_size: [28]", "img_size: [28]\n  dtype: [fp64]"), "grid.dtype[0]: expected one of fp32, fp16, bf16"),
-        ("name: t\ngrid: {}\n", "grid: empty grid"),
+        (GOOD.replace("img_size: [28]", "img_size: [28]\n  dtype: [fp64]"), "grid.dtype[0]: expected one of fp32"),
+        ("name: t\ngrid: {}\n", "grid: empty grid entry"),
         ("name: t\ngrid:\n  model: []\n", "grid.model: expected a non-empty list"),
         ("name: t\n", "grid: missing"),
-        ("grid:\n  model: [resnet20]\n", "name: expected a name"),
+        ("grid:\n  model: [resnet20]\n", "name: expected a plain name"),
         (GOOD.replace("resnet20", "vgg16"), "grid.model[1]: unknown model spec 'vgg16'; known: vit:<variant>"),
         (GOOD.replace("img_size: [28]", "img_size: [30]"), "patch size 4 does not divide image size 30"),
         (GOOD + "exclude: [{modle: resnet20}]\n", "exclude[0].modle: unknown key"),
         (GOOD + "cpu:\n  warmups: 3\n", "cpu.warmups: unknown key; allowed: grid, include, exclude"),
         (GOOD + "exclude:\n  - {img_size: 28}\n", "grid: no cells left after include/exclude"),
-        ("name: t\ngrid:\n  model: [resnet20]\n  task: [train_eval]\n", "needs a real dataset"),
-        ("name: t\ngrid:\n  model: [resnet20]\n  task: [finetune]\n  dataset: [fashion-mnist]\n", "needs init"),
+        ("name: t\ngrid:\n  model: [resnet20]\n  task: [train_eval]\n  budget: [{epochs: 1}]\n", "needs a real dataset"),
+        ("name: t\ngrid:\n  model: [resnet20]\n  task: [train_eval]\n  dataset: [fashion-mnist]\n", "needs a budget"),
+        ("name: t\ngrid:\n  model: [resnet20]\n  task: [finetune]\n  dataset: [fashion-mnist]\n  budget: [{epochs: 1}]\n",
+         "needs init"),
         ("name: t\ngrid:\n  task: [attention]\n", "needs attn_shape"),
         ("name: t\ngrid:\n  task: [attention]\n  attn_shape: [[1, 2, 3]]\n", "expected [batch, heads, seq_len, head_dim]"),
-        ("name: t\ngrid: [model: [resnet20]\n", "invalid YAML"),
+        ("name: t\ngrid:\n  task: [attention]\n  attn_shape: [[1, 2, 3, 4]]\n  model: [resnet20]\n",
+         "model does not apply to task attention"),
+        ("name: t\ngrid:\n  model: [resnet20]\n  budget: [{epochs: 2}]\n", "budget does not apply to task infer"),
+        ("name: t\ngrid:\n  model: ['vit:Mu/4']\n  img_size: [28]\n  compare_to: [{model: 'vit:Mu/4'}]\n",
+         "compare_to names the same model"),
+        ("name: t\ngrid:\n  model: ['vit:Mu/4']\n  img_size: [28]\n  compare_to: [{model: 'vit:Mu/5'}]\n",
+         "patch size 5 does not divide image size 28"),
+        ("name: t\ngrid: [model: [resnet20]\n", "invalid YAML at line"),
         ("- just\n- a list\n", "<top level>: expected a mapping"),
+        # duplicate keys silently won before
+        ("name: t\nname: u\ngrid:\n  model: [resnet20]\n", "duplicate key 'name' (line 2)"),
+        ("name: t\ngrid:\n  model: [resnet20]\n  model: [resnet32]\n", "duplicate key 'model'"),
+        # names become folders: plain slugs only
+        (GOOD.replace("name: t", "name: .."), "name: expected a plain name of 1 to 64 letters"),
+        (GOOD.replace("name: t", "name: a/b"), "name: expected a plain name"),
+        (GOOD.replace("name: t", "name: " + "x" * 300), "name: expected a plain name"),
+        # alias expansion is bounded (the "billion laughs" file is ~400 bytes)
+        ("name: t\na: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+         "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\ngrid: {model: [resnet20]}\n", "expands to more than 100000"),
     ],
 )
 def test_invalid_suites_name_file_key_and_allowed(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
+
+
+def test_binary_and_non_utf8_and_huge_files(tmp_path):
+    assert "binary data" in error_of(tmp_path, b"\x00\x01\x02name: t")
+    assert "not UTF-8 text" in error_of(tmp_path, "name: t\n".encode() + b"\xff\xfe")
+    assert "a suite file may have at most" in error_of(tmp_path, "# " + "x" * 300_000 + "\n" + GOOD)
+
+
+def test_large_grids_need_max_cells(tmp_path):
+    batches = ", ".join(map(str, range(1, 401)))
+    text = f"name: big\ngrid:\n  model: [resnet20]\n  batch_size: [{batches}]\n  img_size: [IMG]\n"
+    message = error_of(tmp_path, text.replace("IMG", ", ".join(map(str, range(8, 258)))))
+    assert "expands to 100000 cells, more than the limit of 2000; pass --max-cells 100000" in message
+    assert len(load_suite(write(tmp_path, text.replace("IMG", "28")), "cpu", max_cells=400).cells) == 400
+    assert "more than the limit of 399" in error_of(tmp_path, text.replace("IMG", "28"), max_cells=399)
 
 
 def test_missing_file(tmp_path):
@@ -84,6 +123,7 @@ include:
     assert labels == [("vit:Mu/4", "infer", 32), ("vit:Mu/4", "train", 32), ("resnet20", "infer", 32),
                       ("vit:Mu/7", "infer", 4)]
     assert len({c.cell_id for c in suite.cells}) == 4
+    assert {c.attn_backend for c in suite.cells if c.model == "resnet20"} == {"none"}  # CNNs have no choice
 
 
 def test_device_blocks_replace_axes_or_whole_grid(tmp_path):
@@ -98,9 +138,21 @@ cpu:
 """
     cuda = load_suite(write(tmp_path, text), "cuda")
     assert {(c.img_size, c.batch_size) for c in cuda.cells} == {(32, 256)} and len(cuda.cells) == 4
-    assert cuda.repeats == 3 and cuda.cells[0].settings["repeats"] == 3
+    assert cuda.cells[0].repeats == 3
     cpu = load_suite(write(tmp_path, text), "cpu")
-    assert [(c.model, c.task) for c in cpu.cells] == [("resnet20", "infer")] and cpu.repeats == 7
+    assert [(c.model, c.task) for c in cpu.cells] == [("resnet20", "infer")] and cpu.cells[0].repeats == 7
+
+
+def test_study_tags_merge_when_two_entries_give_the_same_cell(tmp_path):
+    suite = load_suite(write(tmp_path, """
+name: t
+grid:
+  - {study: scaling-by-size, model: [resnet20, resnet32], img_size: [28]}
+  - {study: [image-size], model: [resnet20], img_size: [28, 56]}
+"""), "cpu")
+    tags = {(c.model, c.img_size): c.study for c in suite.cells}
+    assert tags == {("resnet20", 28): ("image-size", "scaling-by-size"), ("resnet32", 28): ("scaling-by-size",),
+                    ("resnet20", 56): ("image-size",)}
 
 
 def test_cell_id_is_stable_and_depends_on_settings(tmp_path):

@@ -1,1 +1,2 @@
-"""How things are measured: timing, memory, FLOPs (what is measured lives in bench/cell.py and bench/train.py)."""
+"""How things are measured (timing, memory, FLOPs, machine load, energy): tools only, importing nothing else of
+bench. What is measured lives in bench/tasks/."""

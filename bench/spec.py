@@ -1,0 +1,354 @@
+"""The cell spec: one frozen, typed dataclass whose fields are the axes of a suite's grid.
+
+The dataclass is the table of axes: each field declares its default, its check and its help text, so adding
+an axis is one edit here. A spec is built once, at suite expansion, and flows unchanged to the cell process
+(as JSON) and into every result row (one column per field: the *requested* values; what actually ran is in
+the rows' effective columns, see bench/results.py).
+
+Checks here are per value; rules that involve several axes belong to the task (bench/tasks/). Checks may
+normalise a value (a relative `imagefolder:` path becomes absolute) and raise SpecError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class SpecError(ValueError):
+    """A value that an axis does not accept; the message says what is allowed."""
+
+
+# ------------------------------------------------------------------------------------------ value checks
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpecError(f"expected a positive integer, got {value!r}")
+    return value
+
+
+def non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SpecError(f"expected an integer >= 0, got {value!r}")
+    return value
+
+
+def positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise SpecError(f"expected a positive number, got {value!r}")
+    return value
+
+
+def non_negative_number(value: Any) -> float:
+    if value == 0 and not isinstance(value, bool):
+        return 0.0
+    return positive_number(value)
+
+
+def fraction(value: Any) -> float:
+    """A number in [0, 1)."""
+    value = non_negative_number(value)
+    if value >= 1:
+        raise SpecError(f"expected a number in [0, 1), got {value!r}")
+    return value
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise SpecError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"expected true or false, got {value!r}")
+    return value
+
+
+def mapping_of(allowed: dict[str, Callable[[Any], Any]], what: str) -> Callable[[Any], dict | None]:
+    """A small mapping whose keys are a fixed set; each value checked; None stays None."""
+
+    def check(value: Any) -> dict | None:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise SpecError(f"expected a mapping of {what} ({', '.join(allowed)}), got {value!r}")
+        out = {}
+        for key, item in value.items():
+            if key not in allowed:
+                raise SpecError(f"unknown {what} key {key!r}; allowed: {', '.join(allowed)}")
+            try:
+                out[key] = allowed[key](item)
+            except SpecError as err:
+                raise SpecError(f"{key}: {err}") from None
+        return dict(sorted(out.items()))
+
+    return check
+
+
+def _model(value: Any) -> str | None:
+    from .models import check_spec
+
+    if value is None:
+        return None
+    try:
+        check_spec(value)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
+    return value
+
+
+def _task(value: Any) -> str:
+    from .tasks import TASKS
+
+    return choice(*TASKS)(value)
+
+
+def _dataset(value: Any) -> str:
+    from .data import normalise_dataset_name
+
+    try:
+        return normalise_dataset_name(value)
+    except (ValueError, OSError) as err:
+        raise SpecError(str(err)) from None
+
+
+def _init(value: Any) -> str | None:
+    from .tasks.accuracy import normalise_init
+
+    return None if value is None else normalise_init(value)
+
+
+def _attn_shape(value: Any) -> tuple[int, int, int, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise SpecError(f"expected [batch, heads, seq_len, head_dim], got {value!r}")
+    return tuple(positive_int(v) for v in value)
+
+
+def _budget(value: Any) -> "Budget | None":
+    if value is None or isinstance(value, Budget):
+        return value
+    return Budget.from_dict(value)
+
+
+def _recipe(value: Any) -> dict | None:
+    from .tasks.accuracy import check_recipe_overrides
+
+    return None if value is None else check_recipe_overrides(value)
+
+
+def _compare_to(value: Any) -> dict | None:
+    return mapping_of({"model": _model, "attn_backend": choice(*VIT_BACKENDS), "compile": boolean,
+                       "dtype": choice(*DTYPES)}, "compare_to")(value)
+
+
+def _study(value: Any) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v for v in values):
+        raise SpecError(f"expected a study tag or a list of them, got {value!r}")
+    return tuple(sorted(set(values)))
+
+
+DTYPES = ("fp32", "fp16", "bf16")
+VIT_BACKENDS = ("math", "sdpa", "triton")
+ATTENTION_BACKENDS = ("triton", "math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
+DEVICES = ("cpu", "cuda")
+
+
+# ------------------------------------------------------------------------------------------ budget
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long an accuracy cell trains; exactly one of epochs, seconds, train_flops.
+
+    epochs: the *converged* protocol: at most this many epochs (and at least min_steps optimizer steps, at most
+    max_images images), stopping early after `patience` validations without a gain. seconds / train_flops: the
+    *compute-equal* protocol: every model gets the same training wall time on this device (evaluation pauses
+    the clock) or the same training FLOPs (forward FLOPs x 3 per image). Both keep the checkpoint with the best
+    validation accuracy, checked `evals` times over the budget."""
+
+    epochs: float | None = None
+    seconds: float | None = None
+    train_flops: float | None = None
+    min_steps: int = 0
+    max_images: int | None = None
+    patience: int | None = None
+    evals: int = 20
+
+    CHECKS = {"epochs": positive_number, "seconds": positive_number, "train_flops": positive_number,
+              "min_steps": non_negative_int, "max_images": optional(positive_int), "patience": optional(positive_int),
+              "evals": positive_int}
+
+    @classmethod
+    def from_dict(cls, value: Any) -> "Budget":
+        checked = mapping_of(cls.CHECKS, "budget")(value)
+        limits = [k for k in ("epochs", "seconds", "train_flops") if checked.get(k) is not None]
+        if len(limits) != 1:
+            raise SpecError(f"a budget needs exactly one of epochs (converged), seconds or train_flops "
+                            f"(compute-equal), got {value!r}")
+        if limits[0] != "epochs" and any(checked.get(k) is not None for k in ("patience", "max_images")):
+            raise SpecError("patience and max_images belong to an epochs budget (converged protocol)")
+        checked[limits[0]] = float(checked[limits[0]])  # {epochs: 1} and {epochs: 1.0} are one budget
+        return cls(**checked)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != Budget.__dataclass_fields__[k].default}
+
+    @property
+    def protocol(self) -> str:
+        return "converged" if self.epochs is not None else "compute-equal"
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+# ------------------------------------------------------------------------------------------ the spec
+
+
+def axis(default: Any, check: Callable[[Any], Any], help: str, *, grid: bool = True, identity: bool = True):
+    """A spec field: `grid` axes may appear in a suite's grid; `identity` fields make the cell id."""
+    return field(default=default, metadata={"check": check, "help": help, "grid": grid, "identity": identity})
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One fully resolved cell: every axis set, plus the suite's measurement settings."""
+
+    model: str | None = axis(None, _model, "vit:<variant> | resnet18..152[-small] | resnet20/32/56 | "
+                                           "timm:<name> | timm-vit:<variant>")
+    task: str = axis("infer", _task, "what the cell measures (python -m bench list: tasks)")
+    batch_size: int = axis(32, positive_int, "images per step")
+    img_size: int = axis(224, positive_int, "input height = width in pixels")
+    dtype: str = axis("fp32", choice(*DTYPES), "fp32, or autocast to fp16 / bf16")
+    attn_backend: str = axis("sdpa", choice(*sorted(set(VIT_BACKENDS + ATTENTION_BACKENDS)), "none"),
+                             "native ViT: math|sdpa|triton; task attention: " + "|".join(ATTENTION_BACKENDS)
+                             + "; ignored (none) for models without a choice")
+    compile: bool = axis(False, boolean, "wrap the model in torch.compile")
+    dataset: str = axis("synthetic", _dataset, "synthetic (throughput/memory only), fashion-mnist[:<a>-<b>], "
+                                               "cifar10, cifar100, imagefolder:<path>")
+    train_size: int | None = axis(None, optional(positive_int), "training images (stratified, nested); null = all")
+    seed: int = axis(0, non_negative_int, "random seed")
+    in_chans: int = axis(3, positive_int, "input channels of synthetic data (real datasets set their own)")
+    num_classes: int = axis(1000, positive_int, "classes of synthetic data (real datasets set their own)")
+    attn_shape: tuple[int, int, int, int] | None = axis(None, _attn_shape,
+                                                        "task attention: [batch, heads, seq_len, head_dim]")
+    budget: Budget | None = axis(None, _budget, "accuracy tasks: {epochs|seconds|train_flops: N, min_steps, "
+                                                "max_images, patience, evals}")
+    recipe: dict | None = axis(None, _recipe, "accuracy tasks: overrides of the family's recipe, e.g. {lr: 0.002}")
+    init: str | None = axis(None, _init, "finetune: a pretrain dataset of this run (fashion-mnist:0-4), "
+                                         "timm, or file:<state dict>")
+    compare_to: dict | None = axis(None, _compare_to, "infer/train: time this cell against another model or "
+                                                      "backend alternately in one process ({model, attn_backend, "
+                                                      "compile, dtype}); gives their ratio")
+    # Set by the suite, not the grid:
+    study: tuple[str, ...] = axis((), _study, "tags of the grid entries this cell came from (report studies)",
+                                  grid=False, identity=False)
+    device: str = axis("cpu", choice(*DEVICES), "where the cell runs", grid=False)
+    repeats: int = axis(5, positive_int, "timed repeats (median, p20, p80 over them)", grid=False)
+    warmup: int = axis(2, non_negative_int, "untimed warm-up steps", grid=False)
+    iters: int = axis(5, positive_int, "steps per timed repeat", grid=False)
+
+    # ---------------------------------------------------------------------------------------- identity
+
+    @property
+    def cell_id(self) -> str:
+        """12 hex digits of the sha1 of the identity fields that differ from their defaults (so a new axis
+        with a default keeps every existing id)."""
+        data = self.to_dict()
+        ident = {f.name: data[f.name] for f in dataclasses.fields(self)
+                 if f.metadata["identity"] and getattr(self, f.name) != f.default}
+        return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+    # ---------------------------------------------------------------------------------------- JSON
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Budget):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CellSpec":
+        """Validate and build; an unknown key is an error, never dropped."""
+        if not isinstance(data, dict):
+            raise SpecError(f"a cell spec is a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(AXES))
+        if unknown:
+            raise SpecError(f"unknown cell spec key(s) {unknown}; allowed: {', '.join(AXES)}")
+        values = {}
+        for name, value in data.items():
+            try:
+                values[name] = AXES[name].metadata["check"](value)
+            except SpecError as err:
+                raise SpecError(f"{name}: {err}") from None
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CellSpec":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes) -> "CellSpec":
+        return dataclasses.replace(self, **changes)
+
+    # ---------------------------------------------------------------------------------------- display
+
+    def column_value(self, name: str) -> Any:
+        """The value as written in a results row: scalars as is, shapes as BxHxNxD, mappings as JSON."""
+        value = getattr(self, name)
+        if name == "attn_shape" and value is not None:
+            return "x".join(map(str, value))
+        if name == "study":
+            return ";".join(value)
+        if isinstance(value, Budget):
+            return str(value)
+        if isinstance(value, dict):
+            return json.dumps(value, sort_keys=True, separators=(",", ":"))
+        return value
+
+    def label(self) -> str:
+        if self.task == "attention":
+            return " ".join(["attention", self.attn_backend, self.column_value("attn_shape"), self.dtype])
+        parts = [str(self.model), self.task, f"bs{self.batch_size}", f"{self.img_size}px", self.dtype]
+        if self.dataset != "synthetic":
+            parts += [self.dataset, f"n={self.train_size or 'all'}", f"seed{self.seed}"]
+        if self.budget is not None:
+            parts.append(str(self.budget))
+        if self.attn_backend not in ("sdpa", "none"):
+            parts.append(self.attn_backend)
+        if self.compare_to:
+            parts.append("vs " + " ".join(str(v) for v in self.compare_to.values()))
+        if self.init:
+            parts.append(f"init={self.init}")
+        return " ".join(parts)
+
+
+AXES: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(CellSpec)}
+GRID_AXES: tuple[str, ...] = tuple(name for name, f in AXES.items() if f.metadata["grid"])
+
+
+def describe_axes() -> str:
+    return "\n".join(f"  {name:<13} default {f.default!r:<12} {f.metadata['help']}"
+                     for name, f in AXES.items() if f.metadata["grid"])

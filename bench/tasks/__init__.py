@@ -1,0 +1,39 @@
+"""The task registry: each task is a pure function `run(spec, ctx) -> rows` in its own module, with the
+cross-axis rules its cells must satisfy (`check`, used by the suite validator) and how it shares a device.
+
+  kind "throughput"  the cell has its device to itself (timing, memory)
+  kind "accuracy"    small training cells may share a device (`concurrency` in the suite)
+  stage              cells of a lower stage run first (pretraining writes the checkpoints fine-tuning reads)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..results import CellContext
+from ..spec import CellSpec
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: str  # throughput | accuracy
+    stage: int
+    check: Callable[[CellSpec], CellSpec]  # cross-axis rules; returns the (normalised) spec or raises SpecError
+    run: Callable[[CellSpec, CellContext], list[dict]]
+    help: str
+
+
+def _registry() -> dict[str, Task]:
+    from . import accuracy, attention, rollout, throughput
+
+    tasks = [*throughput.TASKS, *attention.TASKS, *accuracy.TASKS, *rollout.TASKS]
+    return {task.name: task for task in tasks}
+
+
+TASKS: dict[str, Task] = _registry()
+
+
+def describe_tasks() -> str:
+    return "\n".join(f"  {t.name:<11} {t.kind:<10} {t.help}" for t in TASKS.values())

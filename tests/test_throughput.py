@@ -1,0 +1,82 @@
+"""Tasks infer/train in one process: metrics, paired (alternated) timing with a ratio and its interval, and
+noise flags when another process keeps the machine busy."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cell import run_cell
+from bench.measure.noise import LoadReport, noise_columns
+from bench.measure.timing import median_ci, time_paired
+from bench.results import CellContext
+from bench.spec import CellSpec
+from bench.tasks import TASKS
+
+CTX = CellContext("t", "r", Path("/tmp"))
+
+
+def spec(**kw):
+    settings = dict(model="vit:Mu/4", img_size=28, in_chans=1, num_classes=10, batch_size=4, repeats=6, warmup=1,
+                    iters=1)
+    settings.update(kw)
+    cell = CellSpec(**settings)
+    return TASKS[cell.task].check(cell)
+
+
+def test_paired_cell_gives_both_sides_and_their_ratio():
+    rows = run_cell(spec(compare_to={"model": "timm-vit:Mu/4"}), CTX)
+    assert {r["status"] for r in rows} == {"ok"}, rows
+    thr = {r["model"]: r for r in rows if r["metric"] == "throughput"}
+    assert set(thr) == {"vit:Mu/4", "timm-vit:Mu/4"}
+    assert thr["vit:Mu/4"]["paired_with"] == "timm-vit:Mu/4" and thr["timm-vit:Mu/4"]["paired_with"] == "vit:Mu/4"
+    assert thr["timm-vit:Mu/4"]["impl"] == "timm" and thr["timm-vit:Mu/4"]["attn_backend_used"] == "sdpa"
+    (ratio,) = [r for r in rows if r["metric"] == "throughput_ratio"]
+    samples = [float(v) for v in ratio["samples"].split(";")]
+    assert len(samples) == 6 and ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"]
+    a = [float(v) for v in thr["vit:Mu/4"]["samples"].split(";")]
+    b = [float(v) for v in thr["timm-vit:Mu/4"]["samples"].split(";")]
+    assert samples == pytest.approx([x / y for x, y in zip(a, b)], rel=1e-4)
+
+
+def test_paired_backends_of_one_model():
+    rows = run_cell(spec(task="train", compare_to={"attn_backend": "math"}), CTX)
+    thr = {r["attn_backend_used"]: r for r in rows if r["metric"] == "throughput"}
+    assert set(thr) == {"sdpa", "math"} and any(r["metric"] == "throughput_ratio" for r in rows)
+    assert thr["sdpa"]["paired_with"] == "vit:Mu/4 math" and thr["math"]["attn_backend"] == "math"
+
+
+def test_alternation_cancels_drift():
+    """Two identical steps under a machine that slows down steadily: the ratio stays 1 within its interval."""
+    import time
+
+    state = {"t": 0.0}
+
+    def slowing():
+        state["t"] += 0.0005
+        time.sleep(0.002 + state["t"])
+
+    a, b = time_paired(slowing, slowing, device="cpu", warmup=0, repeats=8, iters=1)
+    ratio, low, high = median_ci([tb / ta for ta, tb in zip(a.seconds, b.seconds)])
+    assert low <= 1.0 <= high
+
+
+def test_noise_flags():
+    quiet = LoadReport(0.1, 0.1, 2, 0.01)
+    assert noise_columns(1.0, 1.05, quiet)["noisy"] == ""
+    assert noise_columns(1.0, 1.5, quiet)["noisy"] == "spread p80/p20 1.50"
+    busy = noise_columns(1.0, 1.0, LoadReport(1.0, 1.9, 2, 0.45))
+    assert busy["noisy"] == "busy: other processes used 45% of the CPU" and busy["other_cpu"] == 0.45
+    assert "host-bound" in noise_columns(1.0, 1.0, quiet, host_bound=True)["noisy"]
+
+
+@pytest.mark.slow
+def test_a_busy_machine_is_flagged():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        rows = run_cell(spec(model="resnet20", repeats=4), CTX)
+    finally:
+        hog.kill()
+    thr = next(r for r in rows if r["metric"] == "throughput")
+    assert thr["other_cpu"] > 0.2 and "busy: other processes used" in thr["noisy"]
