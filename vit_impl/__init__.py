@@ -1,10 +1,12 @@
 """vit_impl: a native Vision Transformer with selectable attention backends (math, sdpa, triton)."""
 
 from .config import ATTN_BACKENDS, VARIANTS, ViTConfig, config_from_variant, parse_variant
+from .mae import MaskedAutoencoder
 from .model import VisionTransformer, attention_rollout, create_vit, resample_pos_embed
 
 __all__ = [
     "ATTN_BACKENDS",
+    "MaskedAutoencoder",
     "VARIANTS",
     "ViTConfig",
     "VisionTransformer",
