@@ -36,10 +36,10 @@ class DataNotFoundError(FileNotFoundError):
 @dataclass
 class Split:
     x: torch.Tensor  # (N, C, H, W) uint8
-    y: torch.Tensor  # (N,) int64
+    y: torch.Tensor | None  # (N,) int64; None for unlabeled images (self-supervised pretraining)
 
     def to(self, device: str) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
 
 
 @dataclass
@@ -74,6 +74,7 @@ class DatasetKind:
     load: Callable[[re.Match, str, int], tuple[Split, tuple[str, ...]]]  # (match, split, img_size)
     stats: Callable[[re.Match, Split], tuple[tuple[float, ...], tuple[float, ...]]]  # (mean, std)
     hflip: bool = True
+    images: Callable[[re.Match, str, int], torch.Tensor] | None = None  # images alone, no label file opened
 
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
@@ -155,10 +156,13 @@ def _fashion_shape(match: re.Match) -> tuple[int, int]:
     return 1, len(classes) if classes else 10
 
 
+def _fashion_images(match: re.Match, split: str, img_size: int) -> torch.Tensor:
+    return torch.from_numpy(read_idx(_fashion_files(split)[0]).copy()).unsqueeze(1)  # (N, 1, 28, 28)
+
+
 def _fashion_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
-    images, labels = (read_idx(p) for p in _fashion_files(split))
-    x = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
-    y = torch.from_numpy(labels.copy()).long()
+    x = _fashion_images(match, split, img_size)
+    y = torch.from_numpy(read_idx(_fashion_files(split)[1]).copy()).long()
     classes = _class_range(match)
     if classes is None:
         return Split(x, y), FASHION_CLASSES
@@ -228,7 +232,7 @@ def _fixed_stats(mean, std):
 
 DATASETS: tuple[DatasetKind, ...] = (
     DatasetKind("fashion-mnist[:<first>-<last>]", re.compile(r"fashion-mnist(:(?P<first>\d)-(?P<last>\d))?"),
-                _fashion_shape, _fashion_load, _fixed_stats((0.2860,), (0.3530,))),
+                _fashion_shape, _fashion_load, _fixed_stats((0.2860,), (0.3530,)), images=_fashion_images),
     DatasetKind("cifar10", re.compile("cifar10"), lambda m: (3, 10), _cifar_load,
                 _fixed_stats((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
     DatasetKind("cifar100", re.compile("cifar100"), lambda m: (3, 100), _cifar_load,
@@ -282,6 +286,30 @@ def load_train(name: str, img_size: int) -> TrainData:
     train, classes = kind.load(match, "train", img_size)
     mean, std = kind.stats(match, train)
     return TrainData(name, train, classes, mean, std, kind.hflip)
+
+
+def is_class_range(name: str) -> bool:
+    """fashion-mnist:0-4 and the like: images chosen by their labels."""
+    if name == SYNTHETIC:
+        return False
+    kind, match = _kind(name)
+    return "first" in kind.pattern.groupindex and bool(match["first"])
+
+
+def load_unlabeled(name: str, img_size: int, split: str = "train") -> TrainData:
+    """A split's images without labels (train.y is None), for self-supervised pretraining (and its figures). A
+    class range needs the labels to pick its images, so it is refused; Fashion-MNIST's label file is not even
+    opened."""
+    if name == SYNTHETIC:
+        raise ValueError("synthetic data is for throughput and memory only, never for accuracy")
+    if is_class_range(name):
+        raise ValueError(f"dataset {name!r}: a class range is chosen by labels; unlabeled pretraining takes a "
+                         "whole dataset")
+    kind, match = _kind(name)
+    x = kind.images(match, split, img_size) if kind.images else kind.load(match, split, img_size)[0].x
+    images = Split(x, None)
+    mean, std = kind.stats(match, images)
+    return TrainData(name, images, (), mean, std, kind.hflip)
 
 
 def load_test(name: str, img_size: int) -> Split:

@@ -156,6 +156,12 @@ def _compare_to(value: Any) -> dict | None:
                        "dtype": choice(*DTYPES)}, "compare_to")(value)
 
 
+def _mae(value: Any) -> dict | None:
+    from .tasks.mae import check_mae_options
+
+    return None if value is None else check_mae_options(value)
+
+
 def _study(value: Any) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v for v in values):
@@ -250,8 +256,12 @@ class CellSpec:
     budget: Budget | None = axis(None, _budget, "accuracy tasks: {epochs|seconds|train_flops: N, min_steps, "
                                                 "max_images, patience, evals}")
     recipe: dict | None = axis(None, _recipe, "accuracy tasks: overrides of the family's recipe, e.g. {lr: 0.002}")
-    init: str | None = axis(None, _init, "finetune: a pretrain dataset of this run (fashion-mnist:0-4), "
-                                         "timm, or file:<state dict>")
+    init: str | None = axis(None, _init, "finetune / linear_probe: a pretrain dataset of this run "
+                                         "(fashion-mnist:0-4), mae:<dataset>, timm, or file:<state dict>")
+    mae: dict | None = axis(None, _mae, "pretrain_mae: {mask_ratio, decoder_depth, decoder_dim, decoder_heads, "
+                                        "norm_pix_loss}")
+    pool: str = axis("cls", choice("cls", "mean"), "linear_probe: features of the class token or the mean of the "
+                                                    "patch tokens")
     compare_to: dict | None = axis(None, _compare_to, "infer/train: time this cell against another model or "
                                                       "backend alternately in one process ({model, attn_backend, "
                                                       "compile, dtype}); gives their ratio")

@@ -26,9 +26,9 @@ class Task:
 
 
 def _registry() -> dict[str, Task]:
-    from . import accuracy, attention, rollout, throughput
+    from . import accuracy, attention, mae, rollout, throughput
 
-    tasks = [*throughput.TASKS, *attention.TASKS, *accuracy.TASKS, *rollout.TASKS]
+    tasks = [*throughput.TASKS, *attention.TASKS, *accuracy.TASKS, *mae.TASKS, *rollout.TASKS]
     return {task.name: task for task in tasks}
 
 
@@ -36,4 +36,4 @@ TASKS: dict[str, Task] = _registry()
 
 
 def describe_tasks() -> str:
-    return "\n".join(f"  {t.name:<11} {t.kind:<10} {t.help}" for t in TASKS.values())
+    return "\n".join(f"  {t.name:<13} {t.kind:<11} {t.help}" for t in TASKS.values())

@@ -24,6 +24,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,7 @@ class Recipe:
     warmup_frac: float  # share of the budget in linear warm-up, then cosine decay to 0
     label_smoothing: float = 0.0
     momentum: float = 0.9  # sgd only
+    beta2: float = 0.999  # adamw only
     grad_clip: float | None = 1.0
     drop_path: float = 0.0  # ViTs: stochastic depth, linearly increasing over the blocks
     crop_pad: int | None = None  # random-crop padding in pixels (None: image size / 8; 0: no crop)
@@ -64,6 +66,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("vit", "finetune"): Recipe("adamw", lr=3e-4, weight_decay=0.05, warmup_frac=0.05, label_smoothing=0.1),
     ("cnn", "scratch"): Recipe("sgd", lr=0.1, weight_decay=5e-4, warmup_frac=0.02),
     ("cnn", "finetune"): Recipe("sgd", lr=0.02, weight_decay=5e-4, warmup_frac=0.02),
+    # a linear head on frozen features: no augmentation, no regularisation beyond the validation split
+    ("vit", "probe"): Recipe("adamw", lr=1e-3, weight_decay=0.0, warmup_frac=0.05, crop_pad=0, flip=False),
+    ("cnn", "probe"): Recipe("adamw", lr=1e-3, weight_decay=0.0, warmup_frac=0.05, crop_pad=0, flip=False),
+    # masked-autoencoder pretraining (He et al. 2022: AdamW with beta2 0.95, weight decay 0.05, warm-up)
+    ("vit", "mae"): Recipe("adamw", lr=1e-3, weight_decay=0.05, warmup_frac=0.05, beta2=0.95, grad_clip=None),
 }
 
 
@@ -72,32 +79,38 @@ _RECIPE_CHECKS = {
     "warmup_frac": fraction, "label_smoothing": fraction, "momentum": fraction,
     "grad_clip": optional(positive_number), "drop_path": fraction, "crop_pad": optional(non_negative_int),
     "flip": boolean, "mixup": non_negative_number, "cutmix": non_negative_number, "ema": optional(fraction),
-    "layer_decay": optional(fraction), "val_fraction": fraction,
+    "layer_decay": optional(fraction), "val_fraction": fraction, "beta2": fraction,
 }
 check_recipe_overrides = mapping_of(_RECIPE_CHECKS, "recipe")
 
 
+PHASES = {"finetune": "finetune", "linear_probe": "probe", "pretrain_mae": "mae"}  # other tasks: scratch
+
+
 def recipe_for(spec: CellSpec, family: str) -> Recipe:
-    phase = "finetune" if spec.task == "finetune" else "scratch"
-    return dataclasses.replace(RECIPES[(family, phase)], **(spec.recipe or {}))
+    return dataclasses.replace(RECIPES[(family, PHASES.get(spec.task, "scratch"))], **(spec.recipe or {}))
 
 
 def normalise_init(value) -> str:
-    """init: a pretrain dataset of this run, 'timm', or 'file:<path>' (made absolute from the current dir)."""
+    """init: a pretrain dataset of this run (supervised, or mae:<dataset> for a pretrain_mae cell), 'timm', or
+    'file:<path>' (made absolute from the current dir)."""
     from ..data import normalise_dataset_name
 
     if value == "timm":
         return value
     if isinstance(value, str) and value.startswith("file:"):
         return f"file:{Path(value[5:]).expanduser().resolve()}"
+    mae = isinstance(value, str) and value.startswith("mae:")
     try:
-        return normalise_dataset_name(value)
+        return ("mae:" if mae else "") + normalise_dataset_name(value[4:] if mae else value)
     except (ValueError, OSError):
-        raise SpecError(f"expected a pretrain dataset of this suite (e.g. fashion-mnist:0-4), 'timm' (timm's cached "
-                        f"pretrained weights) or 'file:<path to a state dict>', got {value!r}") from None
+        raise SpecError(f"expected a pretrain dataset of this suite (e.g. fashion-mnist:0-4), mae:<dataset> (a "
+                        f"pretrain_mae cell's encoder), 'timm' (timm's cached pretrained weights) or "
+                        f"'file:<path to a state dict>', got {value!r}") from None
 
 
-def check(spec: CellSpec) -> CellSpec:
+def check_training(spec: CellSpec) -> CellSpec:
+    """What every training task needs: a model, a real dataset, a budget."""
     spec = check_model_cell(spec)
     reject(spec, "compare_to")
     if not is_real(spec.dataset):
@@ -106,12 +119,45 @@ def check(spec: CellSpec) -> CellSpec:
     if spec.budget is None:
         raise SpecError(f"task {spec.task} needs a budget: {{epochs: N}} (converged) or {{seconds: S}} / "
                         "{train_flops: F} (compute-equal)")
-    if (spec.task == "finetune") != (spec.init is not None):
-        raise SpecError("task finetune needs init (the pretrain dataset, 'timm' or 'file:<path>'); other tasks take "
-                        "no init")
+    return spec
+
+
+def check(spec: CellSpec) -> CellSpec:
+    spec = check_training(spec)
+    reject(spec, "mae", *(() if spec.task == "linear_probe" else ("pool",)))
+    needs_init = spec.task in ("finetune", "linear_probe")
+    if needs_init and spec.init is None:
+        raise SpecError(f"task {spec.task} needs init: the pretrain dataset, mae:<dataset>, timm or file:<path>")
+    if not needs_init and spec.init is not None:
+        raise SpecError(f"task {spec.task} takes no init")
     if spec.init == "timm" and not spec.model.startswith("timm:"):
         raise SpecError("init: timm needs a timm:<name> model (timm's pretrained weights)")
+    if spec.init and spec.init.startswith("mae:") and not spec.model.startswith("vit:"):
+        raise SpecError("init: mae:<dataset> needs a native ViT (vit:<variant>), the encoder of a pretrain_mae cell")
     return spec
+
+
+class Probe(torch.nn.Module):
+    """A linear probe: a frozen encoder (kept in eval mode), its class token or mean patch token, a linear head
+    behind a parameter-free BatchNorm that puts the features on one scale (as MAE's linear probing does)."""
+
+    def __init__(self, encoder: torch.nn.Module, pool: str):
+        super().__init__()
+        self.encoder, self.pool = encoder.requires_grad_(False), pool
+        self.head = torch.nn.Sequential(torch.nn.BatchNorm1d(encoder.embed_dim, affine=False),
+                                        torch.nn.Linear(encoder.embed_dim, encoder.num_classes))
+
+    def train(self, mode: bool = True) -> "Probe":
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder.forward_features(x)  # (B, N, D)
+        return tokens[:, 0] if self.pool == "cls" else tokens[:, 1:].mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 # ------------------------------------------------------------------------------------------ budget
@@ -120,10 +166,10 @@ def check(spec: CellSpec) -> CellSpec:
 class Progress:
     """Where training stands in its budget, from 0 to 1, and what it has spent."""
 
-    def __init__(self, spec: CellSpec, n_train: int, batch: int, flops_per_image: float):
+    def __init__(self, spec: CellSpec, n_train: int, batch: int, train_flops_per_image: float):
         self.budget = spec.budget
         self.batch = batch
-        self.flops_per_image = flops_per_image
+        self.train_flops_per_image = train_flops_per_image  # forward + backward (+ frozen parts' forward)
         self.steps = 0
         self.train_seconds = 0.0
         steps_per_epoch = max(1, n_train // batch)
@@ -139,7 +185,7 @@ class Progress:
 
     @property
     def train_flops(self) -> float:
-        return self.images_seen * self.flops_per_image * 3  # backward ~ 2x forward
+        return self.images_seen * self.train_flops_per_image
 
     @property
     def fraction(self) -> float:
@@ -159,6 +205,34 @@ def lr_factor(progress: float, warmup_frac: float) -> float:
     if progress < warmup_frac:
         return max(progress / warmup_frac, 1e-3)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup_frac) / max(1e-9, 1 - warmup_frac))))
+
+
+def run_budget(progress: Progress, optimizer: torch.optim.Optimizer, lr: float, warmup_frac: float, n: int,
+               gen: torch.Generator, device: str, step: Callable[[torch.Tensor], None],
+               evaluate: Callable[[], bool]) -> bool:
+    """The training loop of every accuracy task: shuffled batches of indices into n images until the budget is
+    spent, the learning rate set from the progress, the training clock stopped during evaluation, which runs
+    `evals` times over the budget and returns True to stop early. Returns whether it stopped early."""
+    evals = progress.budget.evals
+    next_eval = 1
+    while True:
+        order = torch.randperm(n, device=device, generator=gen)
+        for start in range(0, n - progress.batch + 1, progress.batch):
+            clock = time.perf_counter()
+            factor = lr_factor(progress.fraction, warmup_frac)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * factor * group["lr_scale"]
+            step(order[start:start + progress.batch])
+            progress.steps += 1
+            if device == "cuda" and progress.budget.seconds is not None:
+                torch.cuda.synchronize()  # the clock must see the GPU's work, not only its launch
+            progress.train_seconds += time.perf_counter() - clock
+            if progress.done or progress.fraction >= next_eval / evals:
+                next_eval = math.floor(progress.fraction * evals) + 1
+                if evaluate():
+                    return True
+            if progress.done:
+                return False
 
 
 # ------------------------------------------------------------------------------------------ optimisation
@@ -187,7 +261,7 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe, lr: float, device: st
                "lr_scale": (recipe.layer_decay or 1.0) ** (depth + 1 - layer)}
               for (layer, decay), ps in groups.items()]
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), fused=device == "cuda")
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, recipe.beta2), fused=device == "cuda")
     return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, nesterov=True)
 
 
@@ -235,7 +309,7 @@ class TrainResult:
 
 
 def train_model(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, data: TrainData, train_idx: torch.Tensor,
-                val_idx: torch.Tensor, flops_per_image: float) -> TrainResult:
+                val_idx: torch.Tensor, train_flops_per_image: float) -> TrainResult:
     """Train under the spec's budget, validate `evals` times, keep the best-validation weights. Never sees the
     test split (TrainData has none)."""
     device, dtype = spec.device, spec.dtype
@@ -255,70 +329,56 @@ def train_model(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, data: Tr
     runnable = torch.compile(model) if spec.compile else model
     gen = torch.Generator(device=device).manual_seed(spec.seed)
     val_x, val_y = data.train.x[val_idx], data.train.y[val_idx]
-    progress = Progress(spec, len(train_idx), batch, flops_per_image)
-
+    progress = Progress(spec, len(train_idx), batch, train_flops_per_image)
     curve: list[dict] = []
-    best_val, best_state, best_step, since_best = -1.0, None, 0, 0
-    next_eval, stopped_early = 1, False
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    best = {"val": -1.0, "state": None, "step": 0, "since": 0}
+    totals = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device, dtype=torch.long),
+              "seen": 0}
+
+    def step(idx: torch.Tensor) -> None:
+        x, y = augment.train(data.train.x[train_idx[idx]], gen), data.train.y[train_idx[idx]]
+        target = y
+        if mixer is not None:
+            x, target = mixer(x, y)
+        with autocast(device, dtype):
+            logits = runnable(x)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
+        scaler.scale(loss).backward()
+        if recipe.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update_parameters(model)
+        totals["loss"] += loss.detach() * len(y)
+        totals["correct"] += (logits.argmax(-1) == y).sum()
+        totals["seen"] += len(y)
+
+    def validate() -> bool:
+        train_loss = totals["loss"].item() / max(1, totals["seen"])  # one host sync per evaluation
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"non-finite training loss ({train_loss}) by step {progress.steps}; recipe {recipe}")
+        val_acc, val_loss = evaluate(evaluated, val_x, val_y, augment, device, dtype)
+        curve.append({"step": progress.steps, "epoch": progress.images_seen / len(train_idx),
+                      "images_seen": progress.images_seen, "seconds": progress.train_seconds,
+                      "progress": progress.fraction, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                      "train_accuracy": totals["correct"].item() / max(1, totals["seen"]), "val_accuracy": val_acc,
+                      "val_loss": val_loss})
+        totals["loss"].zero_(), totals["correct"].zero_()
+        totals["seen"] = 0
+        if val_acc > best["val"]:
+            best.update(val=val_acc, step=progress.steps, since=0, state=copy.deepcopy(evaluated.state_dict()))
+        else:
+            best["since"] += 1
+        return budget.patience is not None and best["since"] >= budget.patience
+
     model.train()
-    while not progress.done and not stopped_early:
-        order = train_idx[torch.randperm(len(train_idx), device=device, generator=gen)]
-        for start in range(0, len(order) - batch + 1, batch):
-            clock = time.perf_counter()
-            factor = lr_factor(progress.fraction, recipe.warmup_frac)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * factor * group["lr_scale"]
-            idx = order[start:start + batch]
-            x, y = augment.train(data.train.x[idx], gen), data.train.y[idx]
-            target = y
-            if mixer is not None:
-                x, target = mixer(x, y)
-            with autocast(device, dtype):
-                logits = runnable(x)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=recipe.label_smoothing)
-            scaler.scale(loss).backward()
-            if recipe.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(-1) == y).sum()
-            seen += len(y)
-            progress.steps += 1
-            if device == "cuda" and budget.seconds is not None:
-                torch.cuda.synchronize()  # the clock must see the GPU's work, not only its launch
-            progress.train_seconds += time.perf_counter() - clock
-            if progress.done or progress.fraction >= next_eval / budget.evals:
-                next_eval = math.floor(progress.fraction * budget.evals) + 1
-                train_loss = loss_sum.item() / max(1, seen)  # one host sync per evaluation
-                if not math.isfinite(train_loss):
-                    raise NonFiniteLoss(f"non-finite training loss ({train_loss}) by step {progress.steps}; "
-                                        f"recipe {recipe}")
-                val_acc, val_loss = evaluate(evaluated, val_x, val_y, augment, device, dtype)
-                curve.append({"step": progress.steps, "epoch": progress.images_seen / len(train_idx),
-                              "images_seen": progress.images_seen, "seconds": progress.train_seconds,
-                              "progress": progress.fraction, "lr": lr * factor, "train_loss": train_loss,
-                              "train_accuracy": correct.item() / max(1, seen), "val_accuracy": val_acc,
-                              "val_loss": val_loss})
-                loss_sum.zero_(), correct.zero_()
-                seen = 0
-                if val_acc > best_val:
-                    best_val, best_step, since_best = val_acc, progress.steps, 0
-                    best_state = copy.deepcopy(evaluated.state_dict())
-                else:
-                    since_best += 1
-                    stopped_early = budget.patience is not None and since_best >= budget.patience
-            if progress.done or stopped_early:
-                break
-    evaluated.load_state_dict(best_state)
-    return TrainResult(evaluated, curve, progress, best_val, best_step, stopped_early or _converged(curve),
+    stopped_early = run_budget(progress, optimizer, lr, recipe.warmup_frac, len(train_idx), gen, device, step,
+                               validate)
+    evaluated.load_state_dict(best["state"])
+    return TrainResult(evaluated, curve, progress, best["val"], best["step"], stopped_early or _converged(curve),
                        stopped_early, progress.train_seconds)
 
 
@@ -386,13 +446,20 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         model, info = build_model(spec.model, img_size=spec.img_size, in_chans=data.in_chans,
                                   num_classes=data.num_classes, attn_backend=spec.attn_backend,
                                   drop_path_rate=recipe.drop_path)
-    origin = _load_init(model, info, spec, ctx) if spec.task == "finetune" else "scratch"
+    origin = _load_init(model, info, spec, ctx) if spec.init else "scratch"
+    if spec.task == "linear_probe":
+        model = Probe(model, spec.pool)
     model = model.to(device)
     train_idx, val_idx = train_val_split(data.train.y, subset, recipe.val_fraction)
     example = torch.zeros(1, data.in_chans, spec.img_size, spec.img_size, device=device)
     flops_per_image = forward_flops(model.eval(), example)
-
-    result = train_model(model, spec, recipe, data, train_idx, val_idx, flops_per_image)
+    # backward ~ 2x forward; a probe back-propagates through its head only
+    backward = flops_per_image
+    if spec.task == "linear_probe":
+        model.head.eval()  # a single example through BatchNorm: statistics mode
+        backward = forward_flops(model.head, torch.zeros(1, model.encoder.embed_dim, device=device))
+    train_flops_per_image = flops_per_image + 2 * backward
+    result = train_model(model, spec, recipe, data, train_idx, val_idx, train_flops_per_image)
     accuracy, test_loss = final_test(result.model, spec, data)
 
     curves = ctx.run_dir / "curves"
@@ -431,4 +498,5 @@ TASKS = (
     Task("pretrain", "accuracy", 0, check, run, "train from scratch, keep the checkpoint for finetune cells"),
     Task("train_eval", "accuracy", 1, check, run, "train from scratch, test accuracy (data efficiency)"),
     Task("finetune", "accuracy", 1, check, run, "fine-tune from init, test accuracy (transfer)"),
+    Task("linear_probe", "accuracy", 1, check, run, "linear head on a frozen encoder from init, test accuracy"),
 )
