@@ -378,6 +378,8 @@ class DeviceAugment:
         return x
 
     def train(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.pad == 0 and not self.hflip:
+            return self.normalise(x)
         B, _, H, W = x.shape
         p = self.pad
         padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)

@@ -7,6 +7,7 @@ Specs:
   timm:<name>          any timm model, e.g. timm:vit_base_patch16_224
   resnet18 ... 152     torchvision ResNets; '-small' (resnet18-small): 3x3 stride-1 stem, no max-pool, for 28-32 px
   resnet20/32/56       CIFAR-style ResNets (He et al. 2016, sec. 4.2), for 28-32 px inputs
+  resnet9[-w<width>]   a small, fast ResNet-9 (Page's DAWNBench net) for CPU budgets at 28-32 px (width 16)
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ def _build_cifar_resnet(match, img_size, in_chans, num_classes, backend, drop_pa
     return Built(model, "cnn", match[0], None, "none")
 
 
+def _build_resnet9(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+    width = int(match["width"] or 16)
+    return Built(ResNet9(width, in_chans=in_chans, num_classes=num_classes), "cnn", match[0], None, "none")
+
+
 def _no_check(match: re.Match) -> None:
     return None
 
@@ -156,6 +162,8 @@ FAMILIES: tuple[ModelFamily, ...] = (
                 _no_check, _build_torchvision_resnet),
     ModelFamily("resnet20 | resnet32 | resnet56", re.compile("|".join(CIFAR_RESNET_DEPTHS)), "native", (),
                 _no_check, _build_cifar_resnet),
+    ModelFamily("resnet9[-w<width>]", re.compile(r"resnet9(-w(?P<width>[1-9][0-9]*))?"), "native", (), _no_check,
+                _build_resnet9),
 )
 SPEC_FORMS = tuple(f.form for f in FAMILIES)
 
@@ -248,6 +256,42 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(F.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
         return self.fc(x.mean(dim=(2, 3)))
+
+
+# ---------------------------------------------------------------- ResNet-9 (Page 2018, the DAWNBench CIFAR-10 net)
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNet9(nn.Module):
+    """A small, fast ResNet for CPU budgets on 28-32 px inputs: prep conv, then three stages that double the
+    width and halve the resolution (conv-BN-ReLU + max-pool), residual blocks after the first and the last,
+    global max-pool, linear classifier. Widths w, 2w, 4w, 8w (w = 16: 0.41M parameters)."""
+
+    def __init__(self, width: int = 16, in_chans: int = 3, num_classes: int = 10):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_bn(in_chans, w),  # (B, w, H, W)
+            _conv_bn(w, 2 * w), nn.MaxPool2d(2), _Residual(2 * w),  # (B, 2w, H/2, W/2)
+            _conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),  # (B, 4w, H/4, W/4)
+            _conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), _Residual(8 * w),  # (B, 8w, H/8, W/8)
+        )
+        self.fc = nn.Linear(8 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).amax(dim=(2, 3)))
 
 
 def spec_slug(spec: str) -> str:

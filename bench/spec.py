@@ -236,7 +236,7 @@ class CellSpec:
     """One fully resolved cell: every axis set, plus the suite's measurement settings."""
 
     model: str | None = axis(None, _model, "vit:<variant> | resnet18..152[-small] | resnet20/32/56 | "
-                                           "timm:<name> | timm-vit:<variant>")
+                                           "resnet9[-w<width>] | timm:<name> | timm-vit:<variant>")
     task: str = axis("infer", _task, "what the cell measures (python -m bench list: tasks)")
     batch_size: int = axis(32, positive_int, "images per step")
     img_size: int = axis(224, positive_int, "input height = width in pixels")

@@ -70,11 +70,14 @@ def _fail(path: Path, key: str, message: str) -> SuiteError:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses duplicate keys (which would otherwise silently win)."""
+    """yaml.SafeLoader that refuses duplicate keys (which would otherwise silently win). Merge keys (<<: *base)
+    still work: a key written out overrides the merged one, as YAML intends."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen

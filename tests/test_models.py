@@ -15,6 +15,8 @@ SPECS = [
     ("resnet20", 28, "cnn", "native"),
     ("resnet32", 32, "cnn", "native"),
     ("resnet56", 32, "cnn", "native"),
+    ("resnet9", 28, "cnn", "native"),
+    ("resnet9-w8", 32, "cnn", "native"),
     ("timm:vit_tiny_patch16_224", 32, "vit", "timm"),
     ("timm:resnet18", 64, "cnn", "timm"),
 ]
@@ -55,3 +57,9 @@ def test_unknown_spec_lists_known_ones(bad):
         check_spec(bad)
     if bad == "vgg16":
         assert "resnet20" in str(err.value) and "timm:<timm model name>" in str(err.value)
+
+
+def test_resnet9_widths():
+    model, info = build_model("resnet9-w24", img_size=28, in_chans=1, num_classes=10)
+    assert info.variant == "resnet9-w24" and model.fc.in_features == 8 * 24
+    assert build_model("resnet9", img_size=28, in_chans=1, num_classes=10)[1].params == 412_666

@@ -86,8 +86,8 @@ def prepare(spec: CellSpec) -> Prepared:
     torch.manual_seed(spec.seed)
     model, info = build_model(spec.model, img_size=spec.img_size, in_chans=in_chans, num_classes=num_classes,
                               attn_backend=spec.attn_backend)
-    channels_last = info.family == "cnn" and device == "cuda"  # the CNNs' best layout on tensor cores
-    if channels_last:
+    channels_last = info.family == "cnn"  # the CNNs' faster layout, on tensor cores and on oneDNN CPUs alike
+    if channels_last and device == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's benchmark: pick the fastest convolution algorithms
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
