@@ -1,7 +1,8 @@
-"""python -m bench run SUITE.yaml | list | report RUN_DIR ...
+"""python -m bench run SUITE.yaml | list | report RUN_DIR ... | compare RUN_A RUN_B
 
 Exit codes: 0 every cell ran or was recorded (failed cells are rows, not crashes); 2 invalid suite, arguments,
-run dir or results file (one line on stderr); 1 the runner itself failed.
+run dir or results file (one line on stderr); 1 the runner itself failed, or compare --fail-above found a
+regression.
 """
 
 from __future__ import annotations
@@ -101,6 +102,28 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .compare import compare, format_table
+
+    for run_dir in (args.run_a, args.run_b):
+        if not (Path(run_dir) / "results.csv").is_file():
+            raise UsageError(f"{run_dir}: no results.csv here (expected a run dir from `python -m bench run`)")
+    result = compare(Path(args.run_a), Path(args.run_b), fail_above=args.fail_above,
+                     allow_different_devices=args.allow_different_devices, metrics=args.metrics)
+    print(format_table(result))
+    if args.out:
+        result.table.to_csv(args.out, index=False)
+        print(f"table: {args.out}")
+    return 1 if len(result.regressions) else 0
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a factor >= 1 (1.1 = 10% worse), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="ViT vs CNN benchmarks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,10 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     rep.add_argument("--out", help="output folder (default RUN_DIR/report of the first run dir)")
     rep.set_defaults(func=_cmd_report)
+    cmp = sub.add_parser("compare", help="run B against run A: per-cell ratios, noise, regressions")
+    cmp.add_argument("run_a", metavar="RUN_A")
+    cmp.add_argument("run_b", metavar="RUN_B")
+    cmp.add_argument("--fail-above", type=_ratio, metavar="R",
+                     help="exit 1 when a metric got worse by more than R (beyond both runs' noise), e.g. 1.1")
+    cmp.add_argument("--metrics", type=lambda t: t.split(","), help="only these metrics, e.g. throughput,peak_memory")
+    cmp.add_argument("--allow-different-devices", action="store_true", help="compare runs of different devices")
+    cmp.add_argument("--out", help="write the whole comparison as CSV")
+    cmp.set_defaults(func=_cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .compare import CompareError
     from .results import ResultsError
     from .rundir import RunDirError
     from .suite import SuiteError
@@ -138,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SuiteError, RunDirError, ResultsError, UsageError) as err:
+    except (SuiteError, RunDirError, ResultsError, CompareError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `... | head`: the reader is gone, which is not an error

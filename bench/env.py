@@ -107,6 +107,7 @@ def row_environment(device: str) -> dict:
         "timm": _version("timm"),
         "triton": _version("triton"),
         "gpu": gpu_name() if device == "cuda" else "",
+        "device_name": device_name(device),
         "host": socket.gethostname(),
     }
 

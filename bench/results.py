@@ -80,7 +80,8 @@ NOISE = {
 ENVIRONMENT = {
     "code_version": "git sha, '+dirty.<hash of the diff>' for uncommitted changes",
     "git_sha": "git sha (with -dirty)", "torch": "torch version", "timm": "timm version",
-    "triton": "triton version", "gpu": "GPU name ('' on CPU)", "host": "host name", "timestamp": "row time",
+    "triton": "triton version", "gpu": "GPU name ('' on CPU)", "device_name": "the CPU's or GPU's model name: "
+    "wall-clock budgets and timings compare only on one device_name", "host": "host name", "timestamp": "row time",
 }
 COLUMNS: dict[str, str] = {**IDENTITY, **REQUESTED, **EFFECTIVE, **MEASUREMENT, **NOISE, **ENVIRONMENT}
 # Renamed from schema 1 (documented in the README): model / attn_backend / train_size / init were effective values

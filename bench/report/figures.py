@@ -1,0 +1,375 @@
+"""The report's figures. Each takes the loaded runs and returns markdown (images with a one-line caption each) or
+raises Skip(reason). Throughput figures select cells by their suite's study tag; accuracy figures never mix
+budget protocols (one figure per protocol) and mark points that did not converge."""
+
+from __future__ import annotations
+
+import shutil
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from .data import DEFAULT_BACKENDS, Runs, accuracy_summary, budget_label, in_study, ok_metric, unpaired
+from .style import Skip, save, style_of
+
+PROTOCOL_TITLES = {"converged": "converged (early stop on validation)",
+                   "compute-equal": "compute-equal (the same training budget for every model)"}
+
+
+def _facet_device(frame: pd.DataFrame) -> dict:
+    return {"col": "device"} if frame["device"].nunique() > 1 else {}
+
+
+def _mark_not_converged(ax, points: pd.DataFrame, x: str, y: str) -> None:
+    bad = points[~points["converged"]]
+    if not bad.empty:
+        ax.scatter(bad[x], bad[y], marker="x", s=80, color="black", zorder=5, label="not converged")
+
+
+# ------------------------------------------------------------------------------------------ accuracy
+
+
+def data_efficiency(runs: Runs) -> str:
+    summary = accuracy_summary(runs.rows)
+    summary = summary[(summary["route"] == "from scratch") & ~summary["dataset"].str.contains(":")]
+    if summary.empty:
+        raise Skip("no from-scratch accuracy on a whole dataset (task train_eval; suites/data_efficiency.yaml)")
+    parts = []
+    for (protocol, device), group in summary.groupby(["protocol", "device"]):
+        budgets = sorted(group["budget"].unique(), key=lambda b: group[group["budget"] == b]["subset"].nunique(),
+                         reverse=True)
+        fig, axes = plt.subplots(1, len(budgets), figsize=(6.4 * len(budgets), 4.4), squeeze=False)
+        style = style_of(group)
+        for ax, budget in zip(axes[0], budgets):
+            points = group[group["budget"] == budget].sort_values("subset")
+            sns.lineplot(data=points, x="subset", y="mean", ax=ax, **style, dashes=False, legend=ax is axes[0][0])
+            for label, line in points.groupby("label"):
+                ax.fill_between(line["subset"], line["low"], line["high"], alpha=0.15,
+                                color=style["palette"][label])
+            _mark_not_converged(ax, points, "subset", "mean")
+            ax.set(xscale="log", xlabel="training images drawn (log; 10% of them validate)",
+                   ylabel="test top-1 accuracy (%)", title=f"budget: {budget_label(budget)}")
+        if axes[0][0].get_legend():
+            axes[0][0].legend(fontsize=8, loc="lower right")
+        fig.suptitle(f"Data efficiency on {group['dataset'].iloc[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
+        seeds = f"{int(group['seeds'].min())}-{int(group['seeds'].max())}"
+        parts.append(save(fig, runs.out, f"data_efficiency_{protocol}_{device}.png",
+                          f"Lines: mean over {seeds} seeds, bands: min to max; x: a cell that did not converge. "
+                          "Look for where the ViT lines reach or cross the CNN's."))
+    return "\n\n".join(parts)
+
+
+def crossover_statements(runs: Runs) -> list[str]:
+    """Where the best ViT and the best CNN (means over seeds) swap the lead, per device, protocol and budget."""
+    summary = accuracy_summary(runs.rows)
+    summary = summary[(summary["route"] == "from scratch") & ~summary["dataset"].str.contains(":")]
+    lines = []
+    for (device, dataset, protocol, budget), group in summary.groupby(["device", "dataset", "protocol", "budget"]):
+        best = group.groupby(["family", "subset"])["mean"].max().unstack("family")
+        where = f"{dataset} on {device}, {protocol}, {budget_label(budget)}"
+        if not {"vit", "cnn"} <= set(best.columns):
+            lines.append(f"{where}: only one family measured.")
+            continue
+        gap = (best["vit"] - best["cnn"]).dropna().sort_index()
+        lead = lambda g: "ViT" if g > 0 else "CNN"  # noqa: E731
+        if len(gap) == 1:
+            n, g = gap.index[0], gap.iloc[0]
+            lines.append(f"{where}: one size measured ({int(n):,} images): {lead(g)} leads by {abs(g):.1f} points.")
+            continue
+        crossings = [(a, b) for a, b in zip(gap.index[:-1], gap.index[1:]) if np.sign(gap[a]) != np.sign(gap[b])]
+        if not crossings:
+            lines.append(f"{where}: no crossover in the measured range ({int(gap.index.min()):,}-"
+                         f"{int(gap.index.max()):,} images); {lead(gap.iloc[-1])} leads by "
+                         f"{abs(gap).min():.1f}-{abs(gap).max():.1f} points.")
+        for a, b in crossings:
+            t = gap[a] / (gap[a] - gap[b])  # the zero of the gap, linear in log(size)
+            estimate = float(np.exp(np.log(a) + t * (np.log(b) - np.log(a))))
+            lines.append(f"{where}: {lead(gap[b])} overtakes {lead(gap[a])} between {int(a):,} and {int(b):,} images "
+                         f"(estimated crossover ~{estimate:,.0f}).")
+    return lines
+
+
+def transfer(runs: Runs) -> str:
+    summary = accuracy_summary(runs.rows, task=("train_eval", "finetune", "linear_probe"))
+    targets = set(summary.loc[summary["task"].isin(["finetune", "linear_probe"]), "dataset"])
+    summary = summary[summary["dataset"].isin(targets)]
+    if summary.empty:
+        raise Skip("no fine-tune or linear-probe cells (suites/pretraining.yaml)")
+    parts = []
+    for (protocol, device, dataset), group in summary.groupby(["protocol", "device", "dataset"]):
+        group = group.assign(series=group["label"] + ", " + group["route"])
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        sns.lineplot(data=group.sort_values("subset"), x="subset", y="mean", hue="series", style="route",
+                     markers=True, dashes=False, ax=ax)
+        for _, line in group.groupby("series"):
+            ax.fill_between(line["subset"], line["low"], line["high"], alpha=0.12)
+        _mark_not_converged(ax, group, "subset", "mean")
+        ax.set(xscale="log", xlabel=f"labeled training images of {dataset} (log)", ylabel="test top-1 accuracy (%)")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"Transfer to {dataset}, {device}, {PROTOCOL_TITLES[protocol]}", fontsize=10)
+        parts.append(save(fig, runs.out, f"transfer_{protocol}_{device}.png",
+                          "Routes to a ViT with few labels: from scratch, fine-tuned from a masked autoencoder, "
+                          "fine-tuned from supervised pretraining, and the ResNet from scratch; bands: seeds."))
+    return "\n\n".join(parts)
+
+
+def mae_gain(runs: Runs) -> str:
+    """Per labeled size: accuracy of the MAE-initialised ViT minus the same ViT from scratch, seed by seed."""
+    acc = ok_metric(runs.rows, "accuracy", task=["train_eval", "finetune"])
+    acc = acc[acc["family"] == "vit"]
+    mae = acc[acc["route"] == "MAE (unlabeled) -> fine-tune"]
+    scratch = acc[acc["route"] == "from scratch"]
+    keys = ["device", "dataset", "protocol", "budget", "label", "subset", "seed"]
+    pairs = mae.merge(scratch, on=keys, suffixes=("_mae", "_scratch"))
+    if pairs.empty:
+        raise Skip("needs a ViT fine-tuned from an MAE encoder and the same ViT from scratch on the same subsets")
+    pairs["gain"] = (pairs["value_mae"] - pairs["value_scratch"]) * 100
+    table = pairs.groupby(["device", "label", "subset"]).agg(
+        mae=("value_mae", lambda v: f"{v.mean() * 100:.1f}"), scratch=("value_scratch", lambda v: f"{v.mean() * 100:.1f}"),
+        gain=("gain", lambda g: f"{g.mean():+.1f} (seeds {', '.join(f'{x:+.1f}' for x in g)})"),
+        seeds=("seed", "nunique")).reset_index()
+    table["subset"] = table["subset"].map(lambda n: f"{int(n):,}")
+    return ("Test accuracy (%) fine-tuned from the MAE encoder against from scratch, same model, subset, seed and "
+            "budget; the gain is in points.\n\n" + table.rename(columns={"subset": "labeled images"})
+            .to_markdown(index=False))
+
+
+def accuracy_vs_compute(runs: Runs) -> str:
+    acc = ok_metric(runs.rows, "accuracy", task=["train_eval", "finetune", "linear_probe"])
+    if acc.empty:
+        raise Skip("no accuracy cells")
+    costs = runs.rows[runs.rows["metric"].isin(["train_flops", "train_time"]) & (runs.rows["status"] == "ok")]
+    costs = costs.pivot_table(index="cell_id", columns="metric", values="value", aggfunc="first")
+    acc = acc.join(costs, on="cell_id").assign(accuracy=lambda f: f["value"] * 100)
+    parts = []
+    for (protocol, device), group in acc.groupby(["protocol", "device"]):
+        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
+        style = style_of(group)
+        for ax, x, xlabel in ((axes[0], "train_flops", "training FLOPs (log)"),
+                              (axes[1], "train_time", f"training time on {device} (s, log)")):
+            sns.scatterplot(data=group, x=x, y="accuracy", size="subset", sizes=(25, 160), ax=ax,
+                            legend=ax is axes[0], **style)
+            ax.set(xscale="log", xlabel=xlabel, ylabel="test top-1 accuracy (%)")
+        axes[0].legend(fontsize=7, loc="lower right")
+        fig.suptitle(f"Accuracy against training compute, {device}: {PROTOCOL_TITLES[protocol]}")
+        parts.append(save(fig, runs.out, f"accuracy_vs_compute_{protocol}_{device}.png",
+                          "As in the ViT paper's Figure 5: per cell, accuracy against what it cost to train "
+                          "(marker size: training images); the upper-left points are the efficient ones."))
+    return "\n\n".join(parts)
+
+
+def training_curves(runs: Runs) -> str:
+    curves = runs.curves
+    if curves.empty:
+        raise Skip("no training curves (curves/*.json of accuracy cells)")
+    parts = []
+    supervised = curves[curves["task"] != "pretrain_mae"]
+    for (protocol, device), group in supervised.groupby(["protocol", "device"]):
+        sizes = sorted(group["subset"].dropna().unique())
+        for x, xlabel, name in (("epoch", "epochs", "epochs"), ("images_seen", "images seen (log)", "images")):
+            fig, axes = plt.subplots(2, len(sizes), figsize=(3.4 * len(sizes), 6), squeeze=False, sharex="col")
+            for col, size in enumerate(sizes):
+                points = group[group["subset"] == size]
+                for row, (metric, ylabel) in enumerate((("train_loss", "training loss"),
+                                                        ("val_accuracy", "validation accuracy"))):
+                    ax = axes[row][col]
+                    sns.lineplot(data=points, x=x, y=metric, units="cell_id", estimator=None, ax=ax,
+                                 legend=row == 0 and col == 0, **{**style_of(points), "style": "route",
+                                                                  "markers": False, "style_order": None})
+                    ax.set(xlabel=xlabel if row else "", ylabel=ylabel if col == 0 else "",
+                           xscale="log" if x == "images_seen" else "linear")
+                    if row == 0:
+                        ax.set_title(f"{int(size):,} images", fontsize=10)
+            if axes[0][0].get_legend():
+                axes[0][0].legend(fontsize=6)
+            fig.suptitle(f"Training curves against {xlabel.split(' (')[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
+            parts.append(save(fig, runs.out, f"curves_{protocol}_{device}_{name}.png",
+                              "One line per cell (seed); a flat validation curve at the end means the budget "
+                              "sufficed, a still-rising one that it did not."))
+    mae = curves[curves["task"] == "pretrain_mae"]
+    if not mae.empty:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        sns.lineplot(data=mae.melt(id_vars=["images_seen", "cell_id", "label"], value_vars=["train_loss",
+                                                                                             "recon_loss"]),
+                     x="images_seen", y="value", hue="variable", units="cell_id", estimator=None, ax=ax)
+        ax.set(xscale="log", xlabel="images seen (log)", ylabel="reconstruction loss (masked patches, MSE)")
+        fig.suptitle("MAE pretraining: training and held-out reconstruction loss")
+        parts.append(save(fig, runs.out, "curves_mae.png", "Held-out loss: the same masks on 2% of the unlabeled "
+                                                           "images, never trained on."))
+    return "\n\n".join(parts)
+
+
+def artifacts(runs: Runs, metric: str, what: str) -> str:
+    """Figures that tasks drew into their run dirs (rollout, MAE reconstructions), copied beside the report."""
+    cells = ok_metric(runs.rows, metric).dropna(subset=["artifact"]).drop_duplicates("cell_id")
+    if cells.empty:
+        raise Skip(f"no {what} in these runs")
+    parts = []
+    for _, r in cells.iterrows():
+        source = runs.run_dirs[[str(d) for d in runs.run_dirs].index(r["run_dir"])] / r["artifact"]
+        name = f"{what.replace(' ', '_')}_{r['cell_id']}.png"
+        shutil.copyfile(source, runs.out / name)
+        parts.append(f"![{what}]({name})\n\n_{what.capitalize()} of {r['model']} on {r['dataset']} "
+                     f"(cell {r['cell_id']})._")
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ throughput
+
+
+def _throughput(runs: Runs, study: str, metrics=("throughput",)) -> pd.DataFrame:
+    rows = unpaired(runs.rows[runs.rows["task"].isin(["infer", "train"]) & (runs.rows["status"] == "ok")])
+    rows = in_study(rows[rows["metric"].isin(metrics)], study)
+    rows = rows[rows["attn_backend_used"].isin(DEFAULT_BACKENDS)]
+    if rows.empty:
+        raise Skip(f"no throughput cells tagged study: {study} (suites/scaling.yaml)")
+    return rows
+
+
+def _settings(frame: pd.DataFrame) -> str:
+    parts = []
+    for (device, task), g in frame.groupby(["device", "task"]):
+        batches = ", ".join(map(str, sorted(g["batch_size"].unique())))
+        sizes = ", ".join(map(str, sorted(g["img_size"].unique())))
+        parts.append(f"{device} {task}: batch {batches}, {sizes} px, {', '.join(sorted(g['dtype'].unique()))}")
+    return "; ".join(parts)
+
+
+def scaling_by_size(runs: Runs) -> str:
+    thr = _throughput(runs, "scaling-by-size")
+    names = []
+    for x, xlabel, name in (("params", "parameters (log)", "throughput_vs_params.png"),
+                            ("gflops", "forward GFLOPs per image (log)", "throughput_vs_gflops.png")):
+        grid = sns.relplot(data=thr, x=x, y="value", col="task", row="device" if thr["device"].nunique() > 1 else None,
+                           s=70, height=4, aspect=1.2, facet_kws={"sharey": False}, **style_of(thr))
+        grid.set(xscale="log", yscale="log")
+        for (row, col, _), sub in grid.facet_data():
+            for _, r in sub.iterrows():
+                grid.axes[row, col].annotate(r["label"].replace("vit:", ""), (r[x], r["value"]), fontsize=7,
+                                             alpha=0.8, xytext=(3, 3), textcoords="offset points")
+        grid.set_axis_labels(xlabel, "throughput (images/s, log)")
+        grid.figure.suptitle(f"Throughput against model size ({_settings(thr)})", y=1.03)
+        names.append(save(grid.figure, runs.out, name, "Points right of and below a line through the CNNs cost "
+                                                        "more per image than their size predicts."))
+    return "\n\n".join(names)
+
+
+def patch_size(runs: Runs) -> str:
+    vits = _throughput(runs, "patch-size", ("throughput", "peak_memory"))
+    vits = vits[vits["patch"].notna()].assign(tokens=lambda f: (f["img_size"] // f["patch"]) ** 2 + 1)
+    if vits["tokens"].nunique() < 2:
+        raise Skip("the patch-size study needs a ViT at two or more sequence lengths")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric, ylabel in ((axes[0], "throughput", "throughput (images/s, log)"),
+                               (axes[1], "peak_memory", "peak step memory (MiB, log)")):
+        sub = vits[vits["metric"] == metric]
+        sns.lineplot(data=sub, x="tokens", y="value", hue="device", style="task", markers=True, ax=ax,
+                     estimator="median", errorbar=None)
+        ax.set(xscale="log", yscale="log", xlabel="sequence length N = (image/patch)^2 + 1 (log)", ylabel=ylabel)
+    fig.suptitle(f"Native ViT: the cost of the sequence length ({_settings(vits)})")
+    return save(fig, runs.out, "sequence_length.png", "A slope steeper than 1 on throughput means attention's N^2 "
+                                                      "has started to dominate.")
+
+
+def image_size(runs: Runs) -> str:
+    thr = _throughput(runs, "image-size")
+    thr = thr[thr.groupby(["label", "task", "device"])["img_size"].transform("nunique") > 1]
+    if thr.empty:
+        raise Skip("the image-size study needs a model at two or more image sizes")
+    grid = sns.relplot(data=thr, x="img_size", y="value", kind="line", estimator="median", errorbar=None,
+                       col="task", height=4, aspect=1.3, **{**style_of(thr), "style": "device", "markers": True,
+                                                            "style_order": None}, facet_kws={"sharey": False})
+    grid.set(yscale="log", xlabel="image size (px)", ylabel="throughput (images/s, log)")
+    grid.figure.suptitle(f"Throughput against image size ({_settings(thr)})", y=1.03)
+    return save(grid.figure, runs.out, "image_size.png", "The ViT's cost grows with the square of the tokens, the "
+                                                         "CNN's with the pixels.")
+
+
+def batch_size(runs: Runs) -> str:
+    mem = _throughput(runs, "batch-size", ("peak_memory", "throughput"))
+    mem = mem[mem.groupby(["label", "task", "device", "metric"])["batch_size"].transform("nunique") > 1]
+    if mem.empty:
+        raise Skip("the batch-size study needs a model at two or more batch sizes")
+    grid = sns.relplot(data=mem, x="batch_size", y="value", col="metric", kind="line", height=4, aspect=1.3,
+                       facet_kws={"sharey": False}, **{**style_of(mem), "style": "device", "markers": True,
+                                                       "style_order": None})
+    grid.set(xscale="log", yscale="log", xlabel="batch size (log)")
+    grid.axes.flat[0].set_ylabel("value (MiB or images/s, log)")
+    grid.figure.suptitle(f"Peak step memory and throughput against batch size ({_settings(mem)})", y=1.03)
+    return save(grid.figure, runs.out, "batch_size.png", "Memory should grow linearly with the batch; throughput "
+                                                         "stops growing once the device is busy.")
+
+
+def paired_table(runs: Runs) -> str:
+    ratios = ok_metric(runs.rows, "throughput_ratio")
+    if ratios.empty:
+        raise Skip("no paired cells (compare_to in suites/scaling.yaml)")
+    table = pd.DataFrame({
+        "device": ratios["device"], "model": ratios["label"], "against": ratios["paired_with"],
+        "task": ratios["task"], "batch": ratios["batch_size"], "px": ratios["img_size"],
+        "throughput ratio": [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
+                             zip(ratios["value"], ratios["ci_low"], ratios["ci_high"])],
+        "repeats": ratios["n_repeats"]})
+    return ("Both sides timed alternately (ABBA) in one process: the ratio of throughputs, model over `against`, "
+            "with a 95% bootstrap interval of the median. An interval that excludes 1 is a real difference on "
+            "that machine.\n\n" + table.to_markdown(index=False))
+
+
+def pareto(runs: Runs) -> str:
+    summary = accuracy_summary(runs.rows)
+    summary = summary[(summary["route"] == "from scratch")]
+    thr = unpaired(ok_metric(runs.rows, "throughput", task="infer"))
+    thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
+    if summary.empty or thr.empty:
+        raise Skip("needs accuracy (data_efficiency) and inference throughput (scaling) from the same device")
+    largest = summary[summary["subset"] == summary.groupby(["protocol", "budget"])["subset"].transform("max")]
+    # one protocol and budget per figure: the one with the most models at its largest size
+    choice = largest.groupby(["device", "protocol", "budget"])["label"].nunique().idxmax()
+    acc = largest.set_index(["device", "protocol", "budget"]).loc[[choice]].reset_index()
+    speed = thr.groupby(["device", "label"], as_index=False)["value"].max()
+    both = acc.merge(speed, on=["device", "label"])
+    if both.empty:
+        raise Skip("no model has both an accuracy and an inference throughput on one device")
+    both = both.sort_values("value", ascending=False)
+    both["front"] = both["mean"] >= both["mean"].cummax()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.scatterplot(data=both, x="value", y="mean", s=90, ax=ax, **style_of(both))
+    front = both[both["front"]]
+    ax.plot(front["value"], front["mean"], "--", color="grey", label="Pareto front")
+    for _, r in both.iterrows():
+        ax.annotate(r["label"], (r["value"], r["mean"]), fontsize=8, xytext=(4, 2), textcoords="offset points")
+    ax.set(xscale="log", xlabel="inference throughput (images/s, log; scaling suite, largest batch measured)",
+           ylabel=f"test accuracy (%) at {int(acc['subset'].max()):,} images")
+    ax.legend(fontsize=7)
+    device, protocol, budget = choice
+    ax.set_title(f"Accuracy against speed, {device}: {protocol}, {budget_label(budget)}", fontsize=10)
+    return save(fig, runs.out, f"pareto_{device}.png", "Models on the dashed front are the ones to choose from: "
+                                                       "none is both faster and more accurate.")
+
+
+def attention_kernels(runs: Runs) -> str:
+    att = runs.rows[(runs.rows["task"] == "attention") & (runs.rows["status"] == "ok")].copy()
+    if att.empty:
+        raise Skip("no attention-kernel cells (suites/attention.yaml)")
+    order = sorted(att["attn_shape"].unique(), key=lambda s: (int(s.split("x")[2]), s))
+    parts = []
+    for kind, unit in (("time", "ms"), ("tflops", "TFLOP/s")):
+        sub = att[att["metric"].isin([f"fwd_{kind}", f"fwd_bwd_{kind}"])].copy()
+        sub["pass"] = sub["metric"].map({f"fwd_{kind}": "forward", f"fwd_bwd_{kind}": "forward+backward"})
+        sub["series"] = sub["attn_backend"] + " " + sub["dtype"]
+        grid = sns.catplot(data=sub, x="attn_shape", y="value", hue="series", col="pass", order=order,
+                           row="device" if sub["device"].nunique() > 1 else None, kind="point",
+                           estimator="median", errorbar=None, height=4.2, aspect=1.3, sharey=False)
+        if kind == "time":
+            grid.set(yscale="log")
+        for ax in grid.axes.flat:
+            ax.tick_params(axis="x", labelrotation=35)
+        grid.set_axis_labels("shape batch x heads x N x head dim (ordered by N)",
+                             f"{'time per call' if kind == 'time' else 'achieved'} ({unit})")
+        grid.figure.suptitle(f"Attention kernels: {'time per call' if kind == 'time' else 'achieved TFLOP/s'}",
+                             y=1.03)
+        parts.append(save(grid.figure, runs.out, f"attention_{kind}.png",
+                          "Lower time (higher TFLOP/s) is better; compare backends within one shape."))
+    return "\n\n".join(parts)
