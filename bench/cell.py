@@ -43,8 +43,9 @@ def _die_with_parent(parent: int) -> None:
 
 def main(argv: list[str]) -> int:
     _die_with_parent(os.getppid())
-    from .env import apply_matmul_policy
+    from .env import apply_matmul_policy, code_version
 
+    code_version()  # the version of the code this process imports, read now (rows are made at the end)
     apply_matmul_policy()
     job_path, rows_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
