@@ -51,9 +51,10 @@ class Progress:
         where = ", ".join(f"{place}: {n}" for place, n in self.running.items() if n)
         self.log(f"[{self.started}/{self.total}] {label}  ({elapsed:.0f}s elapsed, {eta}; running {where})")
 
-    def done(self, placement: str) -> None:
+    def done(self, placement: str | None) -> None:
         self.finished += 1
-        self.running[placement.rsplit(":", 1)[0]] -= 1
+        if placement is not None:  # a cell lost before it started has no place
+            self.running[placement.rsplit(":", 1)[0]] -= 1
 
 
 def make_executor(name: str, run_dir: Path, ctx: CellContext, suite: Suite, gpus: list[str] | None,
@@ -62,8 +63,10 @@ def make_executor(name: str, run_dir: Path, ctx: CellContext, suite: Suite, gpus
         from .executors.ray import RayExecutor
 
         return RayExecutor(run_dir, ctx, timeout_s=suite.timeout_s, concurrency=suite.concurrency, address=address)
-    from .executors.local import LocalExecutor
+    from .executors.local import LocalExecutor, visible_gpus
 
+    if suite.device == "cuda" and gpus is None:
+        gpus = visible_gpus()  # every visible GPU gets its own cells
     return LocalExecutor(run_dir, ctx, timeout_s=suite.timeout_s, concurrency=suite.concurrency, gpus=gpus)
 
 
@@ -93,7 +96,7 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
             nonlocal failed
             with lock:
                 rundir.record(cell, rows)
-                progress.done(placements.pop(cell.cell_id, "?"))
+                progress.done(placements.pop(cell.cell_id, None))
                 bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
                 failed += bool(bad)
                 if bad:

@@ -262,6 +262,8 @@ class CellSpec:
                                         "norm_pix_loss}")
     pool: str = axis("cls", choice("cls", "mean"), "linear_probe: features of the class token or the mean of the "
                                                     "patch tokens")
+    nproc: int = axis(1, positive_int, "accuracy tasks: data-parallel processes in the cell (torch.distributed; "
+                                       "batch_size is per process)")
     compare_to: dict | None = axis(None, _compare_to, "infer/train: time this cell against another model or "
                                                       "backend alternately in one process ({model, attn_backend, "
                                                       "compile, dtype}); gives their ratio")

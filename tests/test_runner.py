@@ -133,6 +133,9 @@ def test_failures_become_rows_and_the_run_goes_on(tmp_path):
     assert "can't allocate memory" in errors["vit:Ti/2"]
     failed = frame[frame["status"] != "ok"]  # failure rows carry the requested settings, same as ok rows
     assert set(failed["attn_backend"]) == {"triton", "math"} and set(failed["img_size"]) == {28, 896}
+    retry = bench("run", suite, "--run-dir", tmp_path / "run", "--device", "cpu", "--retry-failed", env=env,
+                  timeout=600)
+    assert retry.returncode == 0 and "1 already done" in retry.stdout and "2 cells run" in retry.stdout
 
 
 @pytest.mark.slow

@@ -62,6 +62,15 @@ def signal_status(sig: int, oom_before: int | None) -> tuple[str, str]:
     return "killed", f"cell process killed by signal {sig} ({name})"
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs cells may use, as CUDA_VISIBLE_DEVICES values: that variable's entries if set, else 0..n-1."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return [g.strip() for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
 def by_stage(cells: list[CellSpec]) -> list[list[CellSpec]]:
     stages: dict[int, list[CellSpec]] = {}
     for cell in cells:
@@ -76,7 +85,7 @@ class LocalExecutor:
         self.ctx = ctx
         self.timeout_s = timeout_s
         self.concurrency = concurrency
-        self.devices = gpus or [None]  # None: the CPU, or whatever CUDA_VISIBLE_DEVICES already says
+        self.devices = gpus or [None]  # one slot per GPU (CUDA_VISIBLE_DEVICES per cell), or None: the CPU
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.Lock()
         self._interrupted = False
@@ -124,48 +133,57 @@ class LocalExecutor:
 
     def run_one(self, cell: CellSpec, device: str | None, concurrency: int, placement: str) -> list[dict]:
         ctx = CellContext(self.ctx.suite, self.ctx.run_id, self.run_dir.resolve(), concurrency, placement)
-        work = self.run_dir / "work"
-        job_path, rows_path = work / f"{cell.cell_id}.job.json", work / f"{cell.cell_id}.rows.json"
-        log_path = self.run_dir / "logs" / f"{cell.cell_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        rows_path.unlink(missing_ok=True)
-        write_atomic(job_path, json.dumps({"spec": cell.to_dict(), "context": ctx.to_dict()}))
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TRITON_CACHE_DIR=str(self.run_dir.resolve() / ".triton-cache"),
-                   TRITON_CACHE_AUTOTUNING="1")
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(device)
-        oom_before = oom_kills()
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "bench.cell", str(job_path), str(rows_path)],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
-            with self._lock:
-                self._procs.add(proc)
+        env = {"CUDA_VISIBLE_DEVICES": str(device)} if device is not None else {}
+        return run_cell_process(cell, ctx, self.timeout_s, env, self._procs, self._lock)
+
+
+def run_cell_process(cell: CellSpec, ctx: CellContext, timeout_s: int, env_extra: dict[str, str] | None = None,
+                     live: set | None = None, lock: threading.Lock | None = None) -> list[dict]:
+    """Run one cell in its own process (own process group, dies with its parent) writing into ctx.run_dir;
+    its rows, or a failure row saying how the process ended. `live` (under `lock`) holds the running process,
+    for whoever may have to kill it."""
+    run_dir = ctx.run_dir
+    work = run_dir / "work"
+    job_path, rows_path = work / f"{cell.cell_id}.job.json", work / f"{cell.cell_id}.rows.json"
+    log_path = run_dir / "logs" / f"{cell.cell_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.unlink(missing_ok=True)
+    write_atomic(job_path, json.dumps({"spec": cell.to_dict(), "context": ctx.to_dict()}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TRITON_CACHE_DIR=str(run_dir / ".triton-cache"),
+               TRITON_CACHE_AUTOTUNING="1", **(env_extra or {}))
+    lock, live = lock or threading.Lock(), live if live is not None else set()
+    oom_before = oom_kills()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.cell", str(job_path), str(rows_path)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        with lock:
+            live.add(proc)
+        try:
+            returncode = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            returncode = None
+        finally:
             try:
-                returncode = proc.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                returncode = None
-            finally:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the cell and anything it started
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-                with self._lock:
-                    self._procs.discard(proc)
-        job_path.unlink(missing_ok=True)
-        rows = RowMaker(cell, ctx)
-        if returncode is None:
-            return [rows.failure("timeout", f"cell exceeded timeout_s={self.timeout_s}s")]
-        tail = log_path.read_text(errors="replace")[-1500:].strip().replace("\n", " | ")
-        if returncode == 0 and rows_path.exists():
-            try:
-                return check_rows(cell, json.loads(rows_path.read_text()))
-            except (ValueError, KeyError) as err:
-                return [rows.failure("error", f"cell wrote unreadable rows ({err}); log tail: {tail}")]
-            finally:
-                rows_path.unlink()
-        if returncode < 0:
-            status, reason = signal_status(-returncode, oom_before)
-            return [rows.failure(status, f"{reason}; log tail: {tail}")]
-        return [rows.failure("error", f"cell process exited with {returncode}; log tail: {tail}")]
+                os.killpg(proc.pid, signal.SIGKILL)  # the cell and anything it started
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            with lock:
+                live.discard(proc)
+    job_path.unlink(missing_ok=True)
+    rows = RowMaker(cell, ctx)
+    if returncode is None:
+        return [rows.failure("timeout", f"cell exceeded timeout_s={timeout_s}s")]
+    tail = log_path.read_text(errors="replace")[-1500:].strip().replace("\n", " | ")
+    if returncode == 0 and rows_path.exists():
+        try:
+            return check_rows(cell, json.loads(rows_path.read_text()))
+        except (ValueError, KeyError) as err:
+            return [rows.failure("error", f"cell wrote unreadable rows ({err}); log tail: {tail}")]
+        finally:
+            rows_path.unlink()
+    if returncode < 0:
+        status, reason = signal_status(-returncode, oom_before)
+        return [rows.failure(status, f"{reason}; log tail: {tail}")]
+    return [rows.failure("error", f"cell process exited with {returncode}; log tail: {tail}")]

@@ -37,6 +37,7 @@ from ..spec import (CellSpec, SpecError, boolean, choice, fraction, mapping_of, 
                     non_negative_number, optional, positive_number)
 from . import Task
 from .common import autocast, check_model_cell, reject
+from .distributed import Ranks, launch
 
 CONVERGED_GAIN = 0.002  # 0.2 points of validation accuracy
 
@@ -144,6 +145,9 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError(f"task {spec.task} takes no init")
     if spec.init == "timm" and not spec.model.startswith("timm:"):
         raise SpecError("init: timm needs a timm:<name> model (timm's pretrained weights)")
+    if spec.nproc > 1 and spec.budget.seconds is not None:
+        raise SpecError("nproc > 1 needs an epochs or train_flops budget: the ranks must agree on when to stop, "
+                        "which their separate clocks would not")
     if spec.init and spec.init.startswith("mae:") and not spec.model.startswith("vit:"):
         raise SpecError("init: mae:<dataset> needs a native ViT (vit:<variant>), the encoder of a pretrain_mae cell")
     return spec
@@ -321,13 +325,14 @@ class TrainResult:
 
 
 def train_model(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, data: TrainData, train_idx: torch.Tensor,
-                val_idx: torch.Tensor, train_flops_per_image: float, channels_last: bool = False) -> TrainResult:
+                val_idx: torch.Tensor, train_flops_per_image: float, channels_last: bool = False,
+                ranks: Ranks = Ranks()) -> TrainResult:
     """Train under the spec's budget, validate `evals` times, keep the best-validation weights. Never sees the
-    test split (TrainData has none)."""
+    test split (TrainData has none). With several ranks, each trains on its share of every global batch."""
     device, dtype = spec.device, spec.dtype
     budget = spec.budget
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    batch = min(spec.batch_size, len(train_idx))
+    batch = min(spec.batch_size * ranks.world, len(train_idx))  # the global batch of one optimizer step
     lr = recipe.lr * batch / 128
     optimizer = make_optimizer(model, recipe, lr, device)
     scaler = torch.amp.GradScaler(device, enabled=dtype == "fp16")
@@ -339,8 +344,8 @@ def train_model(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, data: Tr
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
     evaluated = ema.module if ema is not None else model
-    runnable = torch.compile(model) if spec.compile else model
-    gen = torch.Generator(device=device).manual_seed(spec.seed)
+    runnable = ranks.wrap(torch.compile(model) if spec.compile else model, device)
+    gen = torch.Generator(device=device).manual_seed(spec.seed)  # the same order on every rank
     val_x, val_y = data.train.x[val_idx], data.train.y[val_idx]
     progress = Progress(spec, len(train_idx), batch, train_flops_per_image)
     curve: list[dict] = []
@@ -349,7 +354,8 @@ def train_model(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, data: Tr
               "seen": 0}
 
     def step(idx: torch.Tensor) -> None:
-        x, y = augment.train(data.train.x[train_idx[idx]], gen), data.train.y[train_idx[idx]]
+        idx = train_idx[ranks.shard(idx)]
+        x, y = augment.train(data.train.x[idx], gen), data.train.y[idx]
         x = x.contiguous(memory_format=layout)
         target = y
         if mixer is not None:
@@ -371,14 +377,16 @@ def train_model(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, data: Tr
         totals["seen"] += len(y)
 
     def validate() -> bool:
-        train_loss = totals["loss"].item() / max(1, totals["seen"])  # one host sync per evaluation
+        seen = ranks.total(torch.tensor(float(totals["seen"]), device=device)).item()
+        train_loss = ranks.total(totals["loss"]).item() / max(1, seen)  # one host sync per evaluation
+        correct = ranks.total(totals["correct"]).item()
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"non-finite training loss ({train_loss}) by step {progress.steps}; recipe {recipe}")
         val_acc, val_loss = evaluate(evaluated, val_x, val_y, augment, device, dtype)
         curve.append({"step": progress.steps, "epoch": progress.images_seen / len(train_idx),
                       "images_seen": progress.images_seen, "seconds": progress.train_seconds,
                       "progress": progress.fraction, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                      "train_accuracy": totals["correct"].item() / max(1, totals["seen"]), "val_accuracy": val_acc,
+                      "train_accuracy": correct / max(1, seen), "val_accuracy": val_acc,
                       "val_loss": val_loss})
         totals["loss"].zero_(), totals["correct"].zero_()
         totals["seen"] = 0
@@ -449,6 +457,13 @@ def _load_init(model: torch.nn.Module, info: ModelInfo, spec: CellSpec, ctx: Cel
 
 
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
+    if spec.nproc > 1:
+        return launch(spec, ctx)
+    return run_ranks(spec, ctx, Ranks())
+
+
+def run_ranks(spec: CellSpec, ctx: CellContext, ranks: Ranks) -> list[dict] | None:
+    """The cell on one rank of `ranks` (all of it on a single process); rank 0 writes and returns the rows."""
     device = spec.device
     torch.manual_seed(spec.seed)
     data = load_train(spec.dataset, spec.img_size).to(device)
@@ -474,7 +489,9 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         model.head.eval()  # a single example through BatchNorm: statistics mode
         backward = forward_flops(model.head, torch.zeros(1, model.encoder.embed_dim, device=device))
     train_flops_per_image = flops_per_image + 2 * backward
-    result = train_model(model, spec, recipe, data, train_idx, val_idx, train_flops_per_image, channels_last)
+    result = train_model(model, spec, recipe, data, train_idx, val_idx, train_flops_per_image, channels_last, ranks)
+    if not ranks.main:
+        return None
     accuracy, test_loss = final_test(result.model, spec, data)
 
     curves = ctx.run_dir / "curves"
@@ -487,11 +504,12 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         torch.save({"model": result.model.state_dict(), "spec": spec.to_dict(), "accuracy": accuracy}, path)
 
     progress = result.progress
-    batch = progress.batch
+    batch = progress.batch  # the global batch
     best_epoch = result.best_step * batch / len(train_idx)
     rows = RowMaker(spec, ctx, family=info.family, impl=info.impl, variant=info.variant, patch=info.patch,
                     params=info.params, gflops=flops_per_image / 1e9, attn_backend_used=info.attn_backend,
-                    train_size_used=len(train_idx), val_size=len(val_idx), batch_size_used=batch, init_used=origin,
+                    train_size_used=len(train_idx), val_size=len(val_idx), batch_size_used=batch // ranks.world,
+                    effective_batch=batch, init_used=origin,
                     recipe_used=json.dumps({"phase": recipe_phase(spec), **dataclasses.asdict(recipe),
                                             "lr_at_batch": recipe.lr * batch / 128}, sort_keys=True),
                     channels_last=channels_last, protocol=spec.budget.protocol,

@@ -39,7 +39,7 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError("task attention needs attn_shape: [batch, heads, seq_len, head_dim]")
     if spec.attn_backend not in ATTENTION_BACKENDS:
         raise SpecError(f"attn_backend for task attention must be one of {', '.join(ATTENTION_BACKENDS)}")
-    reject(spec, "model", "budget", "recipe", "init", "train_size", "compare_to")
+    reject(spec, "model", "budget", "recipe", "init", "train_size", "compare_to", "mae", "pool", "nproc")
     return spec
 
 

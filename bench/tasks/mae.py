@@ -44,7 +44,7 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError("task pretrain_mae needs a budget: {epochs: N} or {seconds: S} / {train_flops: F}")
     if spec.budget.patience is not None:
         raise SpecError("pretrain_mae keeps its final weights: a budget without patience")
-    reject(spec, "compare_to", "init", "pool", "compile")
+    reject(spec, "compare_to", "init", "pool", "compile", "nproc")
     options = {**MAE_DEFAULTS, **(spec.mae or {})}
     cfg = config_from_variant(spec.model.split(":", 1)[1], img_size=spec.img_size)
     if int(cfg.num_patches * (1 - options["mask_ratio"])) < 1:

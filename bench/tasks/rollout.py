@@ -23,7 +23,7 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError("task rollout needs a native ViT (vit:<variant>): it reads every layer's attention")
     if spec.dataset == "synthetic":
         raise SpecError("task rollout shows a trained model on real test images; give the pretrain cell's dataset")
-    reject(spec, "budget", "recipe", "init", "compare_to", "train_size")
+    reject(spec, "budget", "recipe", "init", "compare_to", "train_size", "mae", "pool", "nproc")
     return spec
 
 

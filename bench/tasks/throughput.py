@@ -32,7 +32,7 @@ from .common import autocast, check_model_cell, reject
 
 def check(spec: CellSpec) -> CellSpec:
     spec = check_model_cell(spec)
-    reject(spec, "budget", "recipe", "init", "train_size")
+    reject(spec, "budget", "recipe", "init", "train_size", "mae", "pool", "nproc")
     if spec.compare_to:
         try:
             other = check_model_cell(_other_side(spec))
