@@ -43,6 +43,7 @@ def _environments(runs: Runs) -> str:
 
 def _fill_device_names(runs: Runs) -> None:
     """Rows written before the device_name column existed take it from their run's env.json."""
+    runs.rows["device_name"] = runs.rows["device_name"].astype(object)
     for run_dir in runs.run_dirs:
         env_path = run_dir / "env.json"
         if env_path.exists():

@@ -25,7 +25,23 @@ def _facet_device(frame: pd.DataFrame) -> dict:
 def _mark_not_converged(ax, points: pd.DataFrame, x: str, y: str) -> None:
     bad = points[~points["converged"]]
     if not bad.empty:
-        ax.scatter(bad[x], bad[y], marker="x", s=80, color="black", zorder=5, label="not converged")
+        ax.scatter(bad[x], bad[y], marker="o", s=150, facecolors="none", edgecolors="black", linewidths=1.2,
+                   zorder=5, label="not converged")
+
+
+def _legend_outside(fig, ax) -> None:
+    """The legend of `ax` to the right of the figure, where it hides no point."""
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend():
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+
+
+def _label_lone_points(ax, points: pd.DataFrame, x: str, y: str) -> None:
+    """A panel with a single x value draws no lines: name its points."""
+    if points[x].nunique() == 1:
+        for _, r in points.iterrows():
+            ax.annotate(r["label"], (r[x], r[y]), fontsize=8, xytext=(8, -3), textcoords="offset points")
 
 
 # ------------------------------------------------------------------------------------------ accuracy
@@ -49,14 +65,15 @@ def data_efficiency(runs: Runs) -> str:
                 ax.fill_between(line["subset"], line["low"], line["high"], alpha=0.15,
                                 color=style["palette"][label])
             _mark_not_converged(ax, points, "subset", "mean")
+            _label_lone_points(ax, points, "subset", "mean")
             ax.set(xscale="log", xlabel="training images drawn (log; 10% of them validate)",
                    ylabel="test top-1 accuracy (%)", title=f"budget: {budget_label(budget)}")
-        if axes[0][0].get_legend():
-            axes[0][0].legend(fontsize=8, loc="lower right")
+        _legend_outside(fig, axes[0][0])
         fig.suptitle(f"Data efficiency on {group['dataset'].iloc[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
         seeds = f"{int(group['seeds'].min())}-{int(group['seeds'].max())}"
         parts.append(save(fig, runs.out, f"data_efficiency_{protocol}_{device}.png",
-                          f"Lines: mean over {seeds} seeds, bands: min to max; x: a cell that did not converge. "
+                          f"Lines: mean over {seeds} seeds, bands: min to max; ringed: did not converge (validation still rising in "
+                          "the last quarter of the budget). "
                           "Look for where the ViT lines reach or cross the CNN's."))
     return "\n\n".join(parts)
 
