@@ -8,31 +8,11 @@ cross-axis rules its cells must satisfy (`check`, used by the suite validator) a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from . import accuracy, attention, mae, rollout, throughput
+from .common import Task
 
-from ..results import CellContext
-from ..spec import CellSpec
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    kind: str  # throughput | accuracy
-    stage: int
-    check: Callable[[CellSpec], CellSpec]  # cross-axis rules; returns the (normalised) spec or raises SpecError
-    run: Callable[[CellSpec, CellContext], list[dict]]
-    help: str
-
-
-def _registry() -> dict[str, Task]:
-    from . import accuracy, attention, mae, rollout, throughput
-
-    tasks = [*throughput.TASKS, *attention.TASKS, *accuracy.TASKS, *mae.TASKS, *rollout.TASKS]
-    return {task.name: task for task in tasks}
-
-
-TASKS: dict[str, Task] = _registry()
+TASKS: dict[str, Task] = {task.name: task for task in (*throughput.TASKS, *attention.TASKS, *accuracy.TASKS,
+                                                        *mae.TASKS, *rollout.TASKS)}
 
 
 def describe_tasks() -> str:

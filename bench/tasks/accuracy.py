@@ -35,8 +35,7 @@ from ..models import ModelInfo, build_model, load_weights, spec_slug
 from ..results import CellContext, RowMaker, write_atomic
 from ..spec import (CellSpec, SpecError, boolean, choice, fraction, mapping_of, non_negative_int,
                     non_negative_number, optional, positive_number)
-from . import Task
-from .common import autocast, check_model_cell, reject
+from .common import Task, autocast, check_model_cell, reject
 from .distributed import Ranks, launch
 
 CONVERGED_GAIN = 0.002  # 0.2 points of validation accuracy
@@ -458,7 +457,7 @@ def _load_init(model: torch.nn.Module, info: ModelInfo, spec: CellSpec, ctx: Cel
 
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     if spec.nproc > 1:
-        return launch(spec, ctx)
+        return launch(spec, ctx, run_ranks)
     return run_ranks(spec, ctx, Ranks())
 
 

@@ -20,8 +20,7 @@ from ..measure.noise import SystemLoad, noise_columns
 from ..measure.timing import time_steps
 from ..results import CellContext, RowMaker
 from ..spec import ATTENTION_BACKENDS, CellSpec, SpecError
-from . import Task
-from .common import TORCH_DTYPES, reject
+from .common import TORCH_DTYPES, Task, reject
 
 SDPA_KERNELS = {
     "sdpa_flash": SDPBackend.FLASH_ATTENTION,

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..models import attn_backends
+from ..results import CellContext
 from ..spec import CellSpec, SpecError
+
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registry entry (bench/tasks/__init__.py)."""
+
+    name: str
+    kind: str  # throughput | accuracy
+    stage: int
+    check: Callable[[CellSpec], CellSpec]  # cross-axis rules; returns the (normalised) spec or raises SpecError
+    run: Callable[[CellSpec, CellContext], list[dict]]
+    help: str
+
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -46,10 +47,11 @@ class Ranks:
         return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if device == "cuda" else None)
 
 
-def _rank_main(spec_json: str, ctx_json: str):
-    """One rank (a process the launcher started): join the group, train, leave."""
-    from .accuracy import run_ranks
+Train = Callable[[CellSpec, CellContext, Ranks], "list[dict] | None"]  # rows on rank 0, None elsewhere
 
+
+def _rank_main(train: Train, spec_json: str, ctx_json: str):
+    """One rank (a process the launcher started): join the group, train, leave."""
     spec, ctx = CellSpec.from_json(spec_json), CellContext.from_dict(json.loads(ctx_json))
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     if spec.device == "cuda":
@@ -58,16 +60,17 @@ def _rank_main(spec_json: str, ctx_json: str):
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // ranks.world))
     dist.init_process_group("nccl" if spec.device == "cuda" else "gloo")
     try:
-        return run_ranks(spec, ctx, ranks)
+        return train(spec, ctx, ranks)
     finally:
         dist.destroy_process_group()
 
 
-def launch(spec: CellSpec, ctx: CellContext) -> list[dict]:
-    """Run the cell on spec.nproc ranks; rank 0's rows."""
+def launch(spec: CellSpec, ctx: CellContext, train: Train) -> list[dict]:
+    """Run `train` (a module-level function: the launcher pickles it by name) on spec.nproc ranks; rank 0's
+    rows."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=spec.nproc, run_id=f"vitbench-{spec.cell_id}",
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1)
-    results = elastic_launch(config, _rank_main)(spec.to_json(), json.dumps(ctx.to_dict()))
+    results = elastic_launch(config, _rank_main)(train, spec.to_json(), json.dumps(ctx.to_dict()))
     return results[0]

@@ -23,9 +23,8 @@ from ..measure.flops import forward_flops
 from ..models import build_model
 from ..results import CellContext, RowMaker, write_atomic
 from ..spec import CellSpec, SpecError, boolean, fraction, mapping_of, positive_int
-from . import Task
 from .accuracy import Progress, checkpoint_path, make_optimizer, recipe_for, run_budget
-from .common import autocast, check_model_cell, reject
+from .common import Task, autocast, check_model_cell, reject
 
 MAE_DEFAULTS = {"mask_ratio": 0.75, "decoder_depth": 2, "decoder_dim": 128, "decoder_heads": 4, "norm_pix_loss": True}
 check_mae_options = mapping_of({"mask_ratio": fraction, "decoder_depth": positive_int, "decoder_dim": positive_int,

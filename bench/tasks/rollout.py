@@ -10,9 +10,8 @@ from ..data import DeviceAugment, load_test, load_train
 from ..models import build_model
 from ..results import CellContext, RowMaker
 from ..spec import CellSpec, SpecError
-from . import Task
 from .accuracy import checkpoint_path
-from .common import check_model_cell, reject
+from .common import Task, check_model_cell, reject
 
 N_IMAGES = 6
 

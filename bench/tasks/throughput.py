@@ -26,8 +26,7 @@ from ..measure.timing import Timing, median_ci, time_paired, time_steps
 from ..models import ModelInfo, attn_backends, build_model
 from ..results import CellContext, RowMaker
 from ..spec import CellSpec, SpecError
-from . import Task
-from .common import autocast, check_model_cell, reject
+from .common import Task, autocast, check_model_cell, reject
 
 
 def check(spec: CellSpec) -> CellSpec:
