@@ -65,7 +65,7 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
         info = info_of(spec)
         size = spec.train_size or 60_000
         rows = RowMaker(spec, ctx, **info, train_size_used=int(size * 0.9), val_size=size - int(size * 0.9),
-                        protocol=spec.budget.protocol, converged=size > 500)
+                        protocol=spec.budget.protocol if spec.budget else None, converged=size > 500)
         base = 0.95 if info["family"] == "cnn" else 0.93
         acc = base - (0.25 if info["family"] == "vit" else 0.15) * (1000 / size) ** 0.5 + 0.003 * spec.seed
         made = [rows.row("accuracy", acc, "fraction", n_repeats=1),
@@ -134,6 +134,21 @@ def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_p
     assert ("training images drawn (log; 10% of them validate)", "test top-1 accuracy (%)", "log", "linear") \
         in saved["data_efficiency_converged_cpu.png"]
     assert "_Skipped: no fine-tune or linear-probe cells" in report  # a missing study is a line, not a crash
+
+
+def test_transfer_answer_gives_every_route_and_whether_mae_reaches_the_cnn(tmp_path, saved):
+    run = fixture_run(tmp_path, ["pretraining", "data_efficiency", "scaling"], "cpu")
+    report = report_mod.write_report([run], tmp_path / "report").read_text()
+    answer = report[report.index("## Answer"):report.index("## Data efficiency")]
+    assert "**Few labels: fashion-mnist:5-9, converged protocol" in answer
+    assert "| route | 100 labels | 1,000 labels | 5,000 labels |" in answer
+    for route in ("resnet9, from scratch", "vit:Mu/4, from scratch", "vit:Mu/4, MAE (unlabeled) -> fine-tune",
+                  "vit:Mu/4, supervised on fashion-mnist:0-4 -> fine-tune", "vit:Mu/4, MAE encoder, linear probe"):
+        assert f"| {route} | " in answer, route
+    assert "The MAE-initialised ViT does not reach the CNN at any labeled size measured" in answer
+    fastest = answer[answer.index("**Fastest model"):]
+    assert "fashion-mnist:5-9" not in fastest  # a class subset's accuracy never answers the 10-class question
+    assert "transfer_converged_cpu.png" in saved
 
 
 def test_failures_and_skips_are_listed(tmp_path):

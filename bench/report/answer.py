@@ -43,9 +43,43 @@ def accuracy_answer(runs: Runs, device: str) -> list[str]:
     return lines
 
 
+def transfer_answer(runs: Runs, device: str) -> list[str]:
+    """Few labels: every route to a ViT and the CNN from scratch, per labeled size; does the MAE route reach
+    the CNN?"""
+    summary = accuracy_summary(runs.rows, task=("train_eval", "finetune", "linear_probe"))
+    summary = summary[(summary["device"] == device) & summary["dataset"].str.contains(":")]
+    lines = []
+    for (dataset, protocol, budget), group in summary.groupby(["dataset", "protocol", "budget"]):
+        if set(group["route"]) == {"from scratch"}:
+            continue
+        group = group.assign(series=group["label"] + ", " + group["route"])
+        sizes = sorted(group["subset"].unique())
+        lines += [f"**Few labels: {dataset}, {protocol} protocol, {budget_label(budget)}** ([figure]"
+                  f"(transfer_{protocol}_{device}.png), [gain table](#mae-gain-over-training-from-scratch)):", "",
+                  "| route | " + " | ".join(f"{int(n):,} labels" for n in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        for series, line in group.groupby("series"):
+            by_size = line.set_index("subset")
+            lines.append(f"| {series} | " + " | ".join(_acc(by_size.loc[n]).split("` ", 1)[1] if n in by_size.index
+                                                      else "-" for n in sizes) + " |")
+        mae = group[(group["route"] == "MAE (unlabeled) -> fine-tune") & (group["family"] == "vit")]
+        cnn = group[(group["route"] == "from scratch") & (group["family"] == "cnn")]
+        margins = [(n, mae.loc[mae["subset"] == n, "mean"].max() - cnn.loc[cnn["subset"] == n, "mean"].max())
+                   for n in sizes if (mae["subset"] == n).any() and (cnn["subset"] == n).any()]
+        if margins:
+            reached = [f"{int(n):,}" for n, m in margins if m >= 0]
+            gaps = [m for _, m in margins]
+            lines += ["", f"- The MAE-initialised ViT reaches the CNN at {', '.join(reached)} labels." if reached else
+                      f"- The MAE-initialised ViT does not reach the CNN at any labeled size measured: it trails by "
+                      f"{-max(gaps):.1f}-{-min(gaps):.1f} points."]
+        lines.append("")
+    return lines
+
+
 def fastest_answer(runs: Runs, device: str) -> list[str]:
     summary = accuracy_summary(runs.rows)
-    summary = summary[(summary["device"] == device) & (summary["route"] == "from scratch")]
+    summary = summary[(summary["device"] == device) & (summary["route"] == "from scratch")
+                      & ~summary["dataset"].str.contains(":")]
     thr = unpaired(ok_metric(runs.rows, "throughput", task="infer", device=device))
     thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
     if summary.empty or thr.empty:
@@ -54,15 +88,15 @@ def fastest_answer(runs: Runs, device: str) -> list[str]:
     lines = ["**Fastest model at or above an accuracy** (test accuracy at the largest training size of each "
              f"protocol and budget; inference throughput from the scaling run on {device}, [Pareto figure]"
              f"(pareto_{device}.png)):", ""]
-    for (protocol, budget), group in summary.groupby(["protocol", "budget"]):
+    for (protocol, budget, _), group in summary.groupby(["protocol", "budget", "dataset"]):
         largest = group[group["subset"] == group["subset"].max()]
         for threshold in THRESHOLDS:
             qualified = largest[(largest["mean"] >= threshold) & largest["label"].isin(speed.index)]
             if qualified.empty:
                 continue
             best = qualified.assign(speed=qualified["label"].map(speed)).sort_values("speed").iloc[-1]
-            lines.append(f"- >= {threshold:.0f} % ({protocol}, {budget_label(budget)}, {int(best['subset']):,} "
-                         f"images): {_acc(best)}, {best['speed']:,.0f} img/s")
+            lines.append(f"- >= {threshold:.0f} % on {best['dataset']} ({protocol}, {budget_label(budget)}, "
+                         f"{int(best['subset']):,} images): {_acc(best)}, {best['speed']:,.0f} img/s")
     return lines + [""] if len(lines) > 2 else []
 
 
@@ -107,7 +141,8 @@ def speed_answer(runs: Runs, device: str) -> list[str]:
 def answer(runs: Runs) -> str:
     parts = ["## Answer", ""]
     for device in sorted(runs.rows["device"].unique()):
-        lines = accuracy_answer(runs, device) + fastest_answer(runs, device) + speed_answer(runs, device)
+        lines = (accuracy_answer(runs, device) + transfer_answer(runs, device) + fastest_answer(runs, device)
+                 + speed_answer(runs, device))
         if lines:
             name = runs.rows.loc[runs.rows["device"] == device, "device_name"].dropna()
             parts += [f"### On {device}" + (f" ({name.iloc[0]})" if len(name) else ""), ""] + lines
