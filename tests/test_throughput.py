@@ -80,3 +80,26 @@ def test_a_busy_machine_is_flagged():
         hog.kill()
     thr = next(r for r in rows if r["metric"] == "throughput")
     assert thr["other_cpu"] > 0.2 and "busy: other processes used" in thr["noisy"]
+
+
+def test_energy_from_the_nvml_counter_or_nothing(monkeypatch):
+    import sys
+    import types
+
+    from bench.measure import energy as energy_mod
+
+    counter = iter([1_000_000, 1_000_000, 1_250_500])  # millijoules: the probe, the start, the end
+    fake = types.SimpleNamespace(nvmlDeviceGetTotalEnergyConsumption=lambda device: next(counter))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(energy_mod, "_handle", lambda: "gpu0")
+    with energy_mod.GpuEnergy() as measured:
+        pass
+    assert measured.joules == pytest.approx(250.5)
+
+    def no_gpu():
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    monkeypatch.setattr(energy_mod, "_handle", no_gpu)
+    with energy_mod.GpuEnergy() as measured:
+        pass
+    assert measured.joules is None  # and the throughput task then writes no energy metric
