@@ -84,8 +84,6 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             parts.append(figure(runs))
         except Skip as why:
             parts.append(f"_Skipped: {why}._")
-        if figure is figures.data_efficiency:
-            parts += ["", "**Crossover.**", ""] + [f"- {s}" for s in figures.crossover_statements(runs)]
     parts += ["\n## Failed, out-of-memory, timed-out and skipped cells\n", failure_table(runs),
               "\n## All metrics\n", metrics_csv(runs, out)]
     runs.rows.drop(columns=["run_dir"]).to_csv(out / "results_combined.csv", index=False)

@@ -6,25 +6,25 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .data import DEFAULT_BACKENDS, Runs, accuracy_summary, budget_label, ok_metric, unpaired
+from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, budget_label, from_scratch_on_whole_datasets, ok_metric,
+                   unpaired)
 from .figures import crossover_statements
 
 THRESHOLDS = (80.0, 85.0, 90.0)  # "the fastest model at or above X% test accuracy"
 
 
-def _acc(point: pd.Series) -> str:
-    """'resnet9 91.2 ± 0.3 % (2 seeds)' with caveats."""
+def _acc(point: pd.Series, named: bool = True) -> str:
+    """'`resnet9` 91.2 ± 0.3 % (2 seeds)' with caveats; without the name if not `named`."""
     spread = (point["high"] - point["low"]) / 2
     seeds = int(point["seeds"])
     caveats = ([] if point["converged"] else ["not converged"]) + (["1 seed"] if seeds == 1 else [])
-    text = f"`{point['label']}` {point['mean']:.1f}" + (f" ± {spread:.1f}" if seeds > 1 else "") + " %"
+    text = (f"`{point['label']}` " if named else "") + f"{point['mean']:.1f}" + (f" ± {spread:.1f}" if seeds > 1 else "") + " %"
     return text + (f" ({', '.join(caveats)})" if caveats else f" ({seeds} seeds)")
 
 
 def accuracy_answer(runs: Runs, device: str) -> list[str]:
-    summary = accuracy_summary(runs.rows)
-    summary = summary[(summary["device"] == device) & (summary["route"] == "from scratch")
-                      & ~summary["dataset"].str.contains(":")]
+    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
+    summary = summary[summary["device"] == device]
     lines = []
     for (dataset, protocol), group in summary.groupby(["dataset", "protocol"]):
         figure = f"data_efficiency_{protocol}_{device}.png"
@@ -60,7 +60,7 @@ def transfer_answer(runs: Runs, device: str) -> list[str]:
                   "|---|" + "---|" * len(sizes)]
         for series, line in group.groupby("series"):
             by_size = line.set_index("subset")
-            lines.append(f"| {series} | " + " | ".join(_acc(by_size.loc[n]).split("` ", 1)[1] if n in by_size.index
+            lines.append(f"| {series} | " + " | ".join(_acc(by_size.loc[n], named=False) if n in by_size.index
                                                       else "-" for n in sizes) + " |")
         mae = group[(group["route"] == "MAE (unlabeled) -> fine-tune") & (group["family"] == "vit")]
         cnn = group[(group["route"] == "from scratch") & (group["family"] == "cnn")]
@@ -77,9 +77,8 @@ def transfer_answer(runs: Runs, device: str) -> list[str]:
 
 
 def fastest_answer(runs: Runs, device: str) -> list[str]:
-    summary = accuracy_summary(runs.rows)
-    summary = summary[(summary["device"] == device) & (summary["route"] == "from scratch")
-                      & ~summary["dataset"].str.contains(":")]
+    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
+    summary = summary[summary["device"] == device]
     thr = unpaired(ok_metric(runs.rows, "throughput", task="infer", device=device))
     thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
     if summary.empty or thr.empty:

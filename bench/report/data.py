@@ -4,7 +4,7 @@ Never a checkpoint or a model: figures that need one are drawn by a task into ar
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,6 @@ class Runs:
     curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns
     run_dirs: list[Path]
     out: Path
-    notes: list[str] = field(default_factory=list)
 
 
 def route(task: str, init) -> str:
@@ -99,6 +98,12 @@ def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
                                     seeds=("seed", "nunique"),
                                     converged=("converged", lambda c: bool(np.all(c.astype(str) == "True"))))
     return summary.reset_index()
+
+
+def from_scratch_on_whole_datasets(summary: pd.DataFrame) -> pd.DataFrame:
+    """The data-efficiency points: models trained from scratch on a whole dataset, never on a class subset such
+    as the transfer study's fashion-mnist:5-9 (a 5-class task does not answer the 10-class question)."""
+    return summary[(summary["route"] == "from scratch") & ~summary["dataset"].str.contains(":")]
 
 
 def budget_label(budget: str) -> str:

@@ -5,21 +5,19 @@ budget protocols (one figure per protocol) and mark points that did not converge
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import DEFAULT_BACKENDS, Runs, accuracy_summary, budget_label, in_study, ok_metric, unpaired
+from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, budget_label, from_scratch_on_whole_datasets, in_study,
+                   ok_metric, unpaired)
 from .style import Skip, save, style_of
 
-PROTOCOL_TITLES = {"converged": "converged (early stop on validation)",
+PROTOCOL_TITLES = {"converged": "converged (best validation checkpoint)",
                    "compute-equal": "compute-equal (the same training budget for every model)"}
-
-
-def _facet_device(frame: pd.DataFrame) -> dict:
-    return {"col": "device"} if frame["device"].nunique() > 1 else {}
 
 
 def _mark_not_converged(ax, points: pd.DataFrame, x: str, y: str) -> None:
@@ -48,8 +46,7 @@ def _label_lone_points(ax, points: pd.DataFrame, x: str, y: str) -> None:
 
 
 def data_efficiency(runs: Runs) -> str:
-    summary = accuracy_summary(runs.rows)
-    summary = summary[(summary["route"] == "from scratch") & ~summary["dataset"].str.contains(":")]
+    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     if summary.empty:
         raise Skip("no from-scratch accuracy on a whole dataset (task train_eval; suites/data_efficiency.yaml)")
     parts = []
@@ -75,13 +72,13 @@ def data_efficiency(runs: Runs) -> str:
                           f"Lines: mean over {seeds} seeds, bands: min to max; ringed: did not converge (validation still rising in "
                           "the last quarter of the budget). "
                           "Look for where the ViT lines reach or cross the CNN's."))
-    return "\n\n".join(parts)
+    crossings = [f"- {s}" for s in crossover_statements(runs)]
+    return "\n\n".join(parts) + "\n\n**Crossover.**\n\n" + "\n".join(crossings)
 
 
 def crossover_statements(runs: Runs) -> list[str]:
     """Where the best ViT and the best CNN (means over seeds) swap the lead, per device, protocol and budget."""
-    summary = accuracy_summary(runs.rows)
-    summary = summary[(summary["route"] == "from scratch") & ~summary["dataset"].str.contains(":")]
+    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     lines = []
     for (device, dataset, protocol, budget), group in summary.groupby(["device", "dataset", "protocol", "budget"]):
         best = group.groupby(["family", "subset"])["mean"].max().unstack("family")
@@ -225,7 +222,7 @@ def artifacts(runs: Runs, metric: str, what: str) -> str:
         raise Skip(f"no {what} in these runs")
     parts = []
     for _, r in cells.iterrows():
-        source = runs.run_dirs[[str(d) for d in runs.run_dirs].index(r["run_dir"])] / r["artifact"]
+        source = Path(r["run_dir"]) / r["artifact"]
         name = f"{what.replace(' ', '_')}_{r['cell_id']}.png"
         shutil.copyfile(source, runs.out / name)
         parts.append(f"![{what}]({name})\n\n_{what.capitalize()} of {r['model']} on {r['dataset']} "
@@ -335,8 +332,7 @@ def paired_table(runs: Runs) -> str:
 
 
 def pareto(runs: Runs) -> str:
-    summary = accuracy_summary(runs.rows)
-    summary = summary[(summary["route"] == "from scratch")]
+    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     thr = unpaired(ok_metric(runs.rows, "throughput", task="infer"))
     thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
     if summary.empty or thr.empty:
