@@ -64,6 +64,8 @@ def main() -> int:
     parser.add_argument("--suite", default="suites/smoke.yaml")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     suite = load_suite(args.suite, "cpu")
     walls: dict[str, list[float]] = {"local": [], "ray": []}
     overheads: list[float] = []

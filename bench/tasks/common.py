@@ -13,7 +13,6 @@ from ..results import CellContext
 from ..spec import CellSpec, SpecError
 
 
-
 @dataclass(frozen=True)
 class Task:
     """A registry entry (bench/tasks/__init__.py)."""
