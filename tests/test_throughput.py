@@ -73,9 +73,12 @@ def test_noise_flags():
 
 @pytest.mark.slow
 def test_a_busy_machine_is_flagged():
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    hog = subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
+                           stdout=subprocess.PIPE, text=True)
     try:
-        rows = run_cell(spec(model="resnet20", repeats=4), CTX)
+        hog.stdout.readline()  # busy before the timing starts
+        # a timed region of about a second: /proc/stat counts in 10 ms ticks, a few tiny steps would be noise
+        rows = run_cell(spec(model="resnet20", repeats=4, batch_size=64, iters=5), CTX)
     finally:
         hog.kill()
     thr = next(r for r in rows if r["metric"] == "throughput")
