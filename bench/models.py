@@ -32,7 +32,7 @@ class UnknownModelError(ValueError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a built model is (the rows' effective columns)."""
+    """What a built model is (the rows' effective columns) and how it runs."""
 
     spec: str
     family: str  # vit | cnn
@@ -42,40 +42,48 @@ class ModelInfo:
     params: int
     attn_backend: str  # attention that runs: math | sdpa | triton for ours, sdpa for timm's ViTs, none for CNNs
 
+    @property
+    def channels_last(self) -> bool:
+        """CNNs run in the channels_last layout: faster convolutions on tensor cores and on oneDNN CPUs."""
+        return self.family == "cnn"
 
-@dataclass(frozen=True)
-class Built:
-    model: nn.Module
-    family: str
-    variant: str
-    patch: int | None
-    attn_backend: str
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
-def _fit_by_name(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _fit_by_name(model: nn.Module, state: dict[str, torch.Tensor], classifier: tuple[str, ...]) -> None:
     """Load every tensor whose name and shape fit; only the classifier may stay fresh (a new label set)."""
     own = model.state_dict()
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in fitting]
-    classifier = [k for k in missing if k.split(".")[0] in ("fc", "head", "classifier")]
-    if len(missing) != len(classifier) or not fitting:
+    fresh = [k for k in missing if k.split(".")[0] in classifier]
+    if len(missing) != len(fresh) or not fitting:
         raise ValueError(f"checkpoint does not fit the model: missing or mis-shaped {missing[:8]}")
     model.load_state_dict(fitting, strict=False)
 
 
-def _load_native_vit(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    model.load_pretrained(state, keep_head=False)  # resamples position embeddings; a fresh head
-
-
 @dataclass(frozen=True)
 class ModelFamily:
+    """A row of the model table: how a spec is written, how it is built, and what it is."""
+
     form: str  # how a user writes it
     pattern: re.Pattern
     impl: str
+    family: str | None  # vit | cnn; None: decided by the built model's class (timm:<name>)
     attn_backends: tuple[str, ...]  # the attn_backend axis values it accepts; () = not applicable ("none")
     check: Callable[[re.Match], None]  # raises UnknownModelError for a bad name inside the form
-    build: Callable[..., Built]  # (match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
-    load_weights: Callable[[nn.Module, dict], None] = _fit_by_name
+    build: Callable[..., nn.Module]  # (match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
+    vit_variant: bool = False  # the name is one of our ViT variants (vit_impl), e.g. "Ti/4"
+    native_vit: bool = False  # our ViT: attention maps, the MAE encoder, timm-compatible weight names
+    timm_weights: bool = False  # timm publishes pretrained weights under the name (init: timm)
+    classifier: tuple[str, ...] = ("fc", "head", "classifier")  # modules left fresh when fine-tuning
+
+    def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        if self.native_vit:
+            model.load_pretrained(state, keep_head=False)  # resamples position embeddings; a fresh head
+        else:
+            _fit_by_name(model, state, self.classifier)
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -83,68 +91,60 @@ class ModelFamily:
 
 def _check_vit_variant(match: re.Match) -> None:
     try:
-        vit_impl.parse_variant(match["name"])
+        vit_impl.parse_variant(match["variant"])
     except ValueError as err:
         raise UnknownModelError(str(err)) from None
 
 
-def _build_native_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
-    model = vit_impl.create_vit(match["name"], img_size=img_size, in_chans=in_chans, num_classes=num_classes,
-                                attn_backend=backend, drop_path_rate=drop_path_rate)
-    return Built(model, "vit", match["name"], model.cfg.patch_size, backend)
+def _build_native_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
+    return vit_impl.create_vit(match["variant"], img_size=img_size, in_chans=in_chans, num_classes=num_classes,
+                               attn_backend=backend, drop_path_rate=drop_path_rate)
 
 
-def _build_timm_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+def _build_timm_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    cfg = vit_impl.config_from_variant(match["name"], img_size=img_size)
-    model = TimmViT(img_size=img_size, patch_size=cfg.patch_size, in_chans=in_chans, num_classes=num_classes,
-                    embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                    drop_path_rate=drop_path_rate)
-    return Built(model, "vit", match["name"], cfg.patch_size, "sdpa")
+    cfg = vit_impl.config_from_variant(match["variant"], img_size=img_size)
+    return TimmViT(img_size=img_size, patch_size=cfg.patch_size, in_chans=in_chans, num_classes=num_classes,
+                   embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                   drop_path_rate=drop_path_rate)
 
 
 def _check_timm(match: re.Match) -> None:
     import timm
 
-    if not timm.is_model(match["name"]):
-        raise UnknownModelError(f"unknown timm model {match['name']!r} (see timm.list_models())")
+    if not timm.is_model(match["variant"]):
+        raise UnknownModelError(f"unknown timm model {match['variant']!r} (see timm.list_models())")
 
 
-def _build_timm(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+def _build_timm(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
     import timm
-    from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    name = match["name"]
     try:
-        model = timm.create_model(name, pretrained=False, img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+        return timm.create_model(match["variant"], pretrained=False, img_size=img_size, in_chans=in_chans,
+                                 num_classes=num_classes)
     except TypeError:  # models without an img_size argument (CNNs)
-        model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes)
-    if isinstance(model, TimmViT):
-        return Built(model, "vit", name, model.patch_embed.patch_size[0], "sdpa")
-    return Built(model, "cnn", name, None, "none")
+        return timm.create_model(match["variant"], pretrained=False, in_chans=in_chans, num_classes=num_classes)
 
 
-def _build_torchvision_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
+def _build_torchvision_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
     import torchvision
 
-    model = getattr(torchvision.models, match["name"])(weights=None, num_classes=num_classes)
+    model = getattr(torchvision.models, match["base"])(weights=None, num_classes=num_classes)
     if match["small"]:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     elif in_chans != 3:
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    return Built(model, "cnn", match[0], None, "none")
+    return model
 
 
-def _build_cifar_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
-    model = CifarResNet(CIFAR_RESNET_DEPTHS[match[0]], in_chans=in_chans, num_classes=num_classes)
-    return Built(model, "cnn", match[0], None, "none")
+def _build_cifar_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
+    return CifarResNet(CIFAR_RESNET_DEPTHS[match[0]], in_chans=in_chans, num_classes=num_classes)
 
 
-def _build_resnet9(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> Built:
-    width = int(match["width"] or 16)
-    return Built(ResNet9(width, in_chans=in_chans, num_classes=num_classes), "cnn", match[0], None, "none")
+def _build_resnet9(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
+    return ResNet9(int(match["width"] or 16), in_chans=in_chans, num_classes=num_classes)
 
 
 def _no_check(match: re.Match) -> None:
@@ -152,18 +152,19 @@ def _no_check(match: re.Match) -> None:
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
-    ModelFamily("vit:<variant>", re.compile(r"vit:(?P<name>.+)"), "native", vit_impl.ATTN_BACKENDS,
-                _check_vit_variant, _build_native_vit, _load_native_vit),
-    ModelFamily("timm-vit:<variant>", re.compile(r"timm-vit:(?P<name>.+)"), "timm", (), _check_vit_variant,
-                _build_timm_vit),
-    ModelFamily("timm:<timm model name>", re.compile(r"timm:(?P<name>.+)"), "timm", (), _check_timm, _build_timm),
+    ModelFamily("vit:<variant>", re.compile(r"vit:(?P<variant>.+)"), "native", "vit", vit_impl.ATTN_BACKENDS,
+                _check_vit_variant, _build_native_vit, vit_variant=True, native_vit=True),
+    ModelFamily("timm-vit:<variant>", re.compile(r"timm-vit:(?P<variant>.+)"), "timm", "vit", (), _check_vit_variant,
+                _build_timm_vit, vit_variant=True),
+    ModelFamily("timm:<timm model name>", re.compile(r"timm:(?P<variant>.+)"), "timm", None, (), _check_timm,
+                _build_timm, timm_weights=True),
     ModelFamily("resnet18..resnet152[-small]",
-                re.compile(rf"(?P<name>{'|'.join(TORCHVISION_RESNETS)})(?P<small>-small)?"), "torchvision", (),
+                re.compile(rf"(?P<base>{'|'.join(TORCHVISION_RESNETS)})(?P<small>-small)?"), "torchvision", "cnn", (),
                 _no_check, _build_torchvision_resnet),
-    ModelFamily("resnet20 | resnet32 | resnet56", re.compile("|".join(CIFAR_RESNET_DEPTHS)), "native", (),
+    ModelFamily("resnet20 | resnet32 | resnet56", re.compile("|".join(CIFAR_RESNET_DEPTHS)), "native", "cnn", (),
                 _no_check, _build_cifar_resnet),
-    ModelFamily("resnet9[-w<width>]", re.compile(r"resnet9(-w(?P<width>[1-9][0-9]*))?"), "native", (), _no_check,
-                _build_resnet9),
+    ModelFamily("resnet9[-w<width>]", re.compile(r"resnet9(-w(?P<width>[1-9][0-9]*))?"), "native", "cnn", (),
+                _no_check, _build_resnet9),
 )
 SPEC_FORMS = tuple(f.form for f in FAMILIES)
 
@@ -180,30 +181,50 @@ def family_of(spec: str) -> tuple[ModelFamily, re.Match]:
     raise UnknownModelError(f"unknown model spec {spec!r}; known: {', '.join(SPEC_FORMS)}")
 
 
-def check_spec(spec: str) -> None:
-    """Raise UnknownModelError unless `spec` names a model the registry can build (without building it)."""
+def model_family(spec: str) -> ModelFamily:
+    return family_of(spec)[0]
+
+
+def check_spec(spec: str) -> str:
+    """`spec` if it names a model the registry can build (without building it); UnknownModelError otherwise."""
     family_of(spec)
+    return spec
+
+
+AXIS_CHECKS = {"model": check_spec}  # applied by the suite layer to the `model` axis
+
+
+def vit_variant(spec: str) -> str | None:
+    """The ViT variant a model spec names ("Ti/4" for vit:Ti/4 and timm-vit:Ti/4), None for other models."""
+    fam, match = family_of(spec)
+    return match["variant"] if fam.vit_variant else None
 
 
 def attn_backends(spec: str) -> tuple[str, ...]:
     """The attention backends a model accepts; () where the choice does not apply."""
-    return family_of(spec)[0].attn_backends
+    return model_family(spec).attn_backends
 
 
 def build_model(spec: str, *, img_size: int, in_chans: int = 3, num_classes: int = 1000,
                 attn_backend: str = "sdpa", drop_path_rate: float = 0.0) -> tuple[nn.Module, ModelInfo]:
     """Build the model named by `spec` for img_size x img_size inputs with in_chans channels; drop_path_rate
     (stochastic depth) applies to ViTs only."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
     fam, match = family_of(spec)
-    built = fam.build(match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
-    params = sum(p.numel() for p in built.model.parameters())
-    return built.model, ModelInfo(spec, built.family, fam.impl, built.variant, built.patch, params,
-                                  built.attn_backend)
+    model = fam.build(match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
+    is_vit = isinstance(model, (vit_impl.VisionTransformer, TimmViT))
+    family = fam.family or ("vit" if is_vit else "cnn")
+    patch = model.patch_embed.patch_size if is_vit else None
+    used = attn_backend if fam.attn_backends else ("sdpa" if family == "vit" else "none")
+    info = ModelInfo(spec, family, fam.impl, match.groupdict().get("variant") or match[0],
+                     patch[0] if isinstance(patch, tuple) else patch, sum(p.numel() for p in model.parameters()), used)
+    return model, info
 
 
 def load_weights(spec: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Fine-tuning: load a state dict into a model built from `spec` (classifier left fresh)."""
-    family_of(spec)[0].load_weights(model, state)
+    model_family(spec).load_weights(model, state)
 
 
 # ------------------------------------------------------------------ CIFAR-style ResNet (He et al. 2016, 4.2)
@@ -292,8 +313,3 @@ class ResNet9(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).amax(dim=(2, 3)))
-
-
-def spec_slug(spec: str) -> str:
-    """A file-name-safe form of a spec: 'vit:B/16' -> 'vit-B-16'."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec).strip("-")

@@ -8,6 +8,7 @@ key is an error, never dropped. Columns come in groups:
   effective    what actually ran: family, impl, params, attn_backend_used, train_size_used, ...
   measurement  metric, value, unit, p20, p80, samples (the raw per-repeat values), ci_low/ci_high, status, error
   noise        machine load around throughput cells and the noisy flag
+  timing       where the cell's time went (startup, data, setup, train, eval, write) and its wall time
   environment  code_version, git_sha, torch, timm, triton, gpu, host, timestamp
 
 Files: each finished cell's rows go to cells/<cell_id>.json first (atomic); results.csv is derived from those
@@ -27,13 +28,64 @@ from typing import Any
 
 import pandas as pd
 
+from .paths import CellContext, RunPaths
 from .spec import AXES, CellSpec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("ok", "skipped", "oom", "timeout", "killed", "error")
 
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: rows of any other name are refused."""
+
+    name: str
+    unit: str
+    direction: str  # higher | lower (is better) | neither (a fact, never a regression)
+    group: str  # speed | latency | compute | memory | energy | accuracy | cost | error | status
+    help: str
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("throughput", "img/s", "higher", "speed", "images per second: batch / step time"),
+    Metric("step_time", "ms", "lower", "speed", "time of one step (inference, or forward + backward + update)"),
+    Metric("throughput_ratio", "x", "higher", "speed", "paired: this side's throughput over the other side's, "
+                                                      "alternated in one process"),
+    Metric("epoch_time", "s", "lower", "speed", "training seconds per epoch of the cell's training images"),
+    Metric("latency_p50", "ms", "lower", "latency", "median time of one call at the cell's batch"),
+    Metric("latency_p90", "ms", "lower", "latency", "90th percentile of one call's time"),
+    Metric("latency_p99", "ms", "lower", "latency", "99th percentile of one call's time"),
+    Metric("latency_ratio", "x", "lower", "latency", "paired: this side's median call time over the other side's, "
+                                                     "alternated in one process (below 1: this side is faster)"),
+    Metric("fwd_time", "ms", "lower", "speed", "attention forward, per call"),
+    Metric("fwd_bwd_time", "ms", "lower", "speed", "attention forward + backward, per call"),
+    Metric("achieved_tflops", "TFLOP/s", "higher", "compute", "FLOPs of a step over its time"),
+    Metric("mfu", "fraction", "higher", "compute", "achieved over the GPU's dense peak"),
+    Metric("fwd_tflops", "TFLOP/s", "higher", "compute", "attention forward FLOPs over its time"),
+    Metric("fwd_bwd_tflops", "TFLOP/s", "higher", "compute", "attention forward + backward FLOPs over its time"),
+    Metric("peak_memory", "MiB", "lower", "memory", "peak of one step minus what was held before it"),
+    Metric("model_memory", "MiB", "lower", "memory", "weights, buffers and optimizer state"),
+    Metric("energy_per_image", "J/img", "lower", "energy", "GPU energy over the timed steps per image"),
+    Metric("avg_power", "W", "neither", "energy", "GPU energy over the timed steps per second"),
+    Metric("accuracy", "fraction", "higher", "accuracy", "top-1 accuracy on the test split"),
+    Metric("val_accuracy", "fraction", "higher", "accuracy", "best validation accuracy (the kept checkpoint)"),
+    Metric("checkpoint_accuracy", "fraction", "higher", "accuracy", "test accuracy the checkpoint was saved with"),
+    Metric("test_loss", "nats", "lower", "accuracy", "cross-entropy on the test split"),
+    Metric("train_loss", "mse", "lower", "accuracy", "MAE: training reconstruction loss at the end"),
+    Metric("recon_loss", "mse", "lower", "accuracy", "MAE: reconstruction loss of held-out images' masked patches"),
+    Metric("train_time", "s", "lower", "cost", "training seconds (evaluation excluded)"),
+    Metric("train_flops", "FLOP", "neither", "cost", "training FLOPs: forward x 3 per image seen"),
+    Metric("images_seen", "images", "neither", "cost", "training images processed"),
+    Metric("compile_time", "s", "lower", "cost", "engine compile: torch.compile's first call"),
+    Metric("export_time", "s", "lower", "cost", "engine onnxruntime: ONNX export and session creation"),
+    Metric("max_error", "abs", "lower", "error", "attention output: max abs error against higher precision"),
+    Metric("max_grad_error", "abs", "lower", "error", "attention gradients: max abs error against higher precision"),
+    Metric("engine_max_error", "abs", "lower", "error", "a non-eager engine's max abs error against eager, same input"),
+    Metric("status", "", "neither", "status", "a failed or skipped cell: see status and error"),
+)}
+
 IDENTITY = {
-    "schema_version": "version of this schema (2)",
+    "schema_version": f"version of this schema ({SCHEMA_VERSION})",
     "suite": "suite name",
     "run_id": "run directory name",
     "cell_id": "12 hex digits identifying the cell's requested settings",
@@ -61,9 +113,14 @@ EFFECTIVE = {
     "channels_last": "CNN ran in channels_last layout",
     "concurrency": "accuracy cells sharing the device",
     "placement": "where the cell ran (executor:host:device)",
-    "paired_with": "paired timing: the other side's model / backend",
+    "paired_with": "paired timing: the other side's model / backend / engine",
+    "engine_detail": "how the engine ran (compile mode; ONNX Runtime's provider, threads, version)",
     "effective_batch": "data-parallel: global batch (batch_size_used x nproc)",
     "artifact": "a file the cell wrote, relative to the run dir (a figure and its data)",
+    "method_version": "version of the task's measurement method: results of two versions are not comparable",
+    "diverged": "why the training is no measurement ('' = it is): test accuracy at chance, or a loss that rose "
+                "tenfold; such cells never count as converged and stay out of the report's answer",
+    "data_source": "where the dataset was read from", "data_checksum": "sha256 of the training split's source files",
 }
 MEASUREMENT = {
     "metric": "what was measured", "value": "the value (median over repeats)", "unit": "its unit",
@@ -77,16 +134,23 @@ NOISE = {
     "usable_cores": "cores this process may run on", "other_cpu": "share of the machine's CPU time used by other "
     "processes while timing", "noisy": "why the timing is suspect ('' = not flagged): spread or busy machine",
 }
+TIMING = {
+    "cell_wall_s": "the cell's wall time, from its launch by the runner until its rows were back",
+    "startup_s": "from the launch until the task started (process start, imports)",
+    "data_s": "reading and decoding datasets", "setup_s": "building the model, optimizer, FLOP count, compilation",
+    "train_s": "the timed region: training steps, or a throughput cell's timed repeats",
+    "eval_s": "validation and the final test", "write_s": "writing checkpoints, curves and figures",
+}
 ENVIRONMENT = {
     "code_version": "git sha, '+dirty.<hash of the diff>' for uncommitted changes",
     "git_sha": "git sha (with -dirty)", "torch": "torch version", "timm": "timm version",
     "triton": "triton version", "gpu": "GPU name ('' on CPU)", "device_name": "the CPU's or GPU's model name: "
     "wall-clock budgets and timings compare only on one device_name", "host": "host name", "timestamp": "row time",
 }
-COLUMNS: dict[str, str] = {**IDENTITY, **REQUESTED, **EFFECTIVE, **MEASUREMENT, **NOISE, **ENVIRONMENT}
+COLUMNS: dict[str, str] = {**IDENTITY, **REQUESTED, **EFFECTIVE, **MEASUREMENT, **NOISE, **TIMING, **ENVIRONMENT}
 # Renamed from schema 1 (documented in the README): model / attn_backend / train_size / init were effective values
 # in ok rows; they are now always the requested ones, beside attn_backend_used / train_size_used / init_used.
-EFFECTIVE_KEYS = set(EFFECTIVE) | set(NOISE)
+EFFECTIVE_KEYS = set(EFFECTIVE) | set(NOISE) | set(TIMING)
 
 
 class SchemaError(KeyError):
@@ -95,25 +159,6 @@ class SchemaError(KeyError):
 
 class ResultsError(ValueError):
     """An unreadable results file; the message is one line."""
-
-
-@dataclass(frozen=True)
-class CellContext:
-    """What a cell needs beyond its spec: where it writes and how it is placed."""
-
-    suite: str
-    run_id: str
-    run_dir: Path
-    concurrency: int = 1
-    placement: str = "local"
-
-    def to_dict(self) -> dict:
-        return {"suite": self.suite, "run_id": self.run_id, "run_dir": str(self.run_dir),
-                "concurrency": self.concurrency, "placement": self.placement}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CellContext":
-        return cls(**{**data, "run_dir": Path(data["run_dir"])})
 
 
 def _check_keys(keys) -> None:
@@ -144,11 +189,14 @@ class RowMaker:
         self.base.update(effective)
         return self
 
-    def row(self, metric: str, value, unit: str, *, p20=None, p80=None, n_repeats=None, samples=None,
+    def row(self, metric: str, value, *, p20=None, p80=None, n_repeats=None, samples=None,
             ci_low=None, ci_high=None, status: str = "ok", error: str | None = None, **override) -> dict:
         if status not in STATUSES:
             raise SchemaError(f"status {status!r} not in {STATUSES}")
-        row = {**self.base, **override, "metric": metric, "value": value, "unit": unit, "p20": p20, "p80": p80,
+        if metric not in METRICS:
+            raise SchemaError(f"unregistered metric {metric!r}: add it to METRICS in bench/results.py first")
+        row = {**self.base, **override, "metric": metric, "value": value, "unit": METRICS[metric].unit, "p20": p20,
+               "p80": p80,
                "n_repeats": n_repeats, "ci_low": ci_low, "ci_high": ci_high, "status": status, "error": error,
                "samples": ";".join(f"{s:.6g}" for s in samples) if samples is not None else None,
                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -156,7 +204,7 @@ class RowMaker:
         return row
 
     def failure(self, status: str, error: str) -> dict:
-        return self.row("status", None, "", status=status, error=error[:2000])
+        return self.row("status", None, status=status, error=error[:2000])
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -214,8 +262,12 @@ class CellRecord:
         return cls(spec, check_rows(spec, data["rows"]))
 
 
+NUMBERS = ("value", "p20", "p80", "n_repeats", "ci_low", "ci_high", "params", "gflops", *TIMING)
+
+
 def check_rows(spec: CellSpec, rows: Any) -> list[dict]:
-    """Rows that a cell process or a cell file hands over: a non-empty list of this cell's schema rows."""
+    """Rows that a cell process or a cell file hands over: a non-empty list of this cell's schema rows, with a
+    registered metric and numbers where numbers belong (a file edited by hand is refused, not half-read)."""
     if not isinstance(rows, list) or not rows:
         raise ResultsError("no rows")
     for row in rows:
@@ -224,11 +276,54 @@ def check_rows(spec: CellSpec, rows: Any) -> list[dict]:
         _check_keys(row)
         if row.get("cell_id") != spec.cell_id or row.get("status") not in STATUSES:
             raise ResultsError("a row does not belong to this cell or has no valid status")
+        if row.get("metric") not in METRICS:
+            raise ResultsError(f"a row has the unregistered metric {str(row.get('metric'))[:40]!r}")
+        bad = [name for name in NUMBERS if row.get(name) is not None
+               and (isinstance(row[name], bool) or not isinstance(row[name], (int, float)))]
+        if bad:
+            raise ResultsError(f"a {row['metric']} row has non-numbers in {', '.join(bad)}")
     return rows
 
 
 def rows_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def setting_columns(pooled: tuple[str, ...] = ("seed", "init_cell")) -> list[str]:
+    """The requested columns that say what a row measured: the cell spec's identity axes, less `pooled` ones
+    (seeds are pooled into a mean, and with them the seed's pretraining cell). Every grouping key of the report,
+    metrics.csv and compare starts here, so a new axis is a new key everywhere."""
+    return [name for name, f in AXES.items() if f.metadata["identity"] and name not in pooled]
+
+
+TYPED_AXES = ("budget", "attn_shape", "study")  # axes whose CSV text form is a flattening of a typed value
+
+
+def records_frame(records: list[CellRecord]) -> pd.DataFrame:
+    """Every row of the cell records, with the spec's own values where CSV would have flattened them (budget: a
+    Budget, attn_shape and study: tuples); mappings stay canonical JSON text, which is hashable."""
+    rows = [{**row, **{name: getattr(record.spec, name) for name in TYPED_AXES}}
+            for record in records for row in record.rows]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def read_records(run_dir: Path) -> list[CellRecord]:
+    """The finished cells of a run dir, for reading (the report, compare); ResultsError (one line) for a dir
+    without them or a damaged cell file (`bench run` on the dir moves damaged files aside and reruns them)."""
+    paths = RunPaths(Path(run_dir))
+    files = sorted(paths.cells_dir.glob("*.json"))
+    if not files:
+        older = " (it has a results.csv: written by an older vitbench)" if paths.results_csv.exists() else ""
+        raise ResultsError(f"{run_dir}: no cell records (cells/*.json){older}; expected a run dir of `python -m "
+                           "bench run` of this version")
+    records = []
+    for file in files:
+        try:
+            records.append(CellRecord.from_json(file.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
+            raise ResultsError(f"{file}: damaged cell record ({type(err).__name__}: {str(err)[:160]}); `python -m "
+                               f"bench run` on its run dir reruns that cell") from None
+    return records
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:

@@ -1,13 +1,5 @@
-"""The run directory: its lock, its environment record, its code version, and its per-cell result files.
-
-results/<suite>/<run-id>/
-  .lock                 held (flock) by the one runner using the dir; holds that runner's pid
-  env.json              environment of the first invocation, later ones under "resumed"
-  cells/<cell_id>.json  a finished cell's spec and rows (atomic): the durable record
-  results.csv           derived from cells/ after every cell (atomic); rebuilt whenever the dir is opened
-  logs/<cell_id>.log    the cell process's output
-  curves/, artifacts/   training curves and task outputs (figures' data); checkpoints/ (git-ignored)
-"""
+"""The run directory: its lock, its environment record, its code version, and its per-cell result files. Its
+layout is bench/paths.py's RunPaths."""
 
 from __future__ import annotations
 
@@ -20,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .env import code_version, collect_env
+from .env import ENVIRONMENT_KEYS, code_version, collect_env
+from .paths import RunPaths
 from .results import CellRecord, ResultsError, write_atomic, write_results_csv
 from .spec import CellSpec, SpecError
 
@@ -32,16 +25,9 @@ class RunDirError(ValueError):
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.paths = RunPaths(self.path)
         self.records: dict[str, CellRecord] = {}
         self.notes: list[str] = []  # things the runner should tell the user (taken-over lock, damaged files)
-
-    @property
-    def cells_dir(self) -> Path:
-        return self.path / "cells"
-
-    @property
-    def results_csv(self) -> Path:
-        return self.path / "results.csv"
 
     # ------------------------------------------------------------------------------------ opening
 
@@ -60,8 +46,8 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--run-dir {self.path}: exists and is not a directory")
         try:
-            (self.path / "cells").mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write-test-{os.getpid()}"
+            self.paths.cells_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.paths.write_test
             probe.write_text("")
             probe.unlink()
         except OSError as err:
@@ -71,8 +57,7 @@ class RunDir:
     def _lock(self) -> Iterator[None]:
         """flock on .lock: released by the kernel when the holder dies, so a lock left by a killed runner is
         simply taken over; a live holder's pid is named."""
-        path = self.path / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,18 +81,18 @@ class RunDir:
 
     def _write_env(self, suite_name: str, suite_text: str, device: str, command: list[str],
                    allow_mixed_versions: bool) -> None:
-        path = self.path / "env.json"
+        path = self.paths.env_json
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         version, _ = code_version()
+        current = collect_env(device, command, suite_text)
         if not path.exists():
-            env = collect_env(device, command, suite_text)
-            env.update(suite=suite_name, started=now)
-            write_atomic(path, json.dumps(env, indent=2, default=str) + "\n")
+            current.update(suite=suite_name, started=now)
+            write_atomic(path, json.dumps(current, indent=2, default=str) + "\n")
             return
         try:
             env = json.loads(path.read_text())
             started_with = env["code_version"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
             raise RunDirError(f"{path}: unreadable environment record ({type(err).__name__}); this run dir was not "
                               "written by this vitbench version: use a new --run-dir") from None
         if env.get("suite") != suite_name:
@@ -118,12 +103,19 @@ class RunDir:
             raise RunDirError(f"--run-dir {self.path}: started with code version {started_with}, this is {version}; "
                               "resuming would mix results of two code versions (pass --allow-mixed-versions to do "
                               "it anyway: every row records its code version), or use a new --run-dir")
-        env.setdefault("resumed", []).append({"timestamp": now, "command": command, "code_version": version})
+        changed = [f"{key} {env.get(key)} -> {current.get(key)}" for key in ENVIRONMENT_KEYS
+                   if str(env.get(key)) != str(current.get(key))]
+        if changed and not allow_mixed_versions:
+            raise RunDirError(f"--run-dir {self.path}: started in another environment ({'; '.join(changed)}); "
+                              "resuming would mix two environments in one run (pass --allow-mixed-versions to do it "
+                              "anyway: the report marks such runs), or use a new --run-dir")
+        env.setdefault("resumed", []).append({"timestamp": now, "command": command, "code_version": version,
+                                              **{key: current.get(key) for key in ENVIRONMENT_KEYS}})
         write_atomic(path, json.dumps(env, indent=2, default=str) + "\n")
 
     def _load_records(self) -> None:
-        files = sorted(self.cells_dir.glob("*.json"))
-        if not files and self.results_csv.exists() and self.results_csv.stat().st_size:
+        files = sorted(self.paths.cells_dir.glob("*.json"))
+        if not files and self.paths.results_csv.exists() and self.paths.results_csv.stat().st_size:
             raise RunDirError(f"--run-dir {self.path}: has a results.csv but no per-cell records (cells/): written "
                               "by an older vitbench or copied without cells/, so it cannot be resumed; use a new "
                               "--run-dir")
@@ -132,7 +124,7 @@ class RunDir:
                 record = CellRecord.from_json(file.read_text())
                 if file.stem != record.spec.cell_id:
                     raise ResultsError("file name does not match the cell id")
-            except (OSError, ValueError, KeyError, TypeError, SpecError) as err:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError, SpecError) as err:
                 file.replace(file.with_name(file.name + ".damaged"))
                 self.notes.append(f"cells/{file.name} was damaged ({type(err).__name__}: {str(err)[:120]}); moved "
                                   "aside, that cell runs again")
@@ -147,17 +139,12 @@ class RunDir:
     def record(self, spec: CellSpec, rows: list[dict]) -> CellRecord:
         """A finished cell: its own file first, then the derived results.csv."""
         record = CellRecord(spec, rows)
-        write_atomic(self.cells_dir / f"{spec.cell_id}.json", record.to_json())
+        write_atomic(self.paths.cell_record(spec.cell_id), record.to_json())
         self.records[spec.cell_id] = record
         self._rewrite_results()
         return record
 
     def _rewrite_results(self) -> None:
         rows = [row for record in self.records.values() for row in record.rows]
-        if rows or self.results_csv.exists():
-            write_results_csv(self.results_csv, rows)
-
-    def logs_dir(self) -> Path:
-        folder = self.path / "logs"
-        folder.mkdir(exist_ok=True)
-        return folder
+        if rows or self.paths.results_csv.exists():
+            write_results_csv(self.paths.results_csv, rows)

@@ -5,8 +5,10 @@ an axis is one edit here. A spec is built once, at suite expansion, and flows un
 (as JSON) and into every result row (one column per field: the *requested* values; what actually ran is in
 the rows' effective columns, see bench/results.py).
 
-Checks here are per value; rules that involve several axes belong to the task (bench/tasks/). Checks may
-normalise a value (a relative `imagefolder:` path becomes absolute) and raise SpecError with a one-line reason.
+This module is the bottom of the package: it imports nothing of bench. Its checks are per value and know no
+registry; what a value may name (a model, a dataset, a task, a recipe key) is checked by the registry that owns
+it (each registry's AXIS_CHECKS, applied by the suite layer, bench/suite.py), and rules that involve several
+axes belong to the task (bench/tasks/). Checks may normalise a value and raise SpecError with a one-line reason.
 """
 
 from __future__ import annotations
@@ -98,37 +100,20 @@ def mapping_of(allowed: dict[str, Callable[[Any], Any]], what: str) -> Callable[
     return check
 
 
-def _model(value: Any) -> str | None:
-    from .models import check_spec
-
-    if value is None:
-        return None
-    try:
-        check_spec(value)
-    except ValueError as err:
-        raise SpecError(str(err)) from None
+def text(value: Any) -> str:
+    """A non-empty string; what it may name is checked by its registry (the suite layer, bench/suite.py)."""
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(f"expected a non-empty string, got {value!r}")
     return value
 
 
-def _task(value: Any) -> str:
-    from .tasks import TASKS
-
-    return choice(*TASKS)(value)
-
-
-def _dataset(value: Any) -> str:
-    from .data import normalise_dataset_name
-
-    try:
-        return normalise_dataset_name(value)
-    except (ValueError, OSError) as err:
-        raise SpecError(str(err)) from None
-
-
-def _init(value: Any) -> str | None:
-    from .tasks.accuracy import normalise_init
-
-    return None if value is None else normalise_init(value)
+def mapping(value: Any) -> dict | None:
+    """A small mapping of names to plain values, keys sorted; its registry checks the keys and values."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise SpecError(f"expected a mapping of names to values, got {value!r}")
+    return dict(sorted(value.items()))
 
 
 def _attn_shape(value: Any) -> tuple[int, int, int, int] | None:
@@ -145,21 +130,9 @@ def _budget(value: Any) -> "Budget | None":
     return Budget.from_dict(value)
 
 
-def _recipe(value: Any) -> dict | None:
-    from .tasks.accuracy import check_recipe_overrides
-
-    return None if value is None else check_recipe_overrides(value)
-
-
 def _compare_to(value: Any) -> dict | None:
-    return mapping_of({"model": _model, "attn_backend": choice(*VIT_BACKENDS), "compile": boolean,
-                       "dtype": choice(*DTYPES)}, "compare_to")(value)
-
-
-def _mae(value: Any) -> dict | None:
-    from .tasks.mae import check_mae_options
-
-    return None if value is None else check_mae_options(value)
+    return mapping_of({"model": text, "attn_backend": choice(*VIT_BACKENDS), "compile": boolean,
+                       "dtype": choice(*DTYPES), "engine": choice(*ENGINES)}, "compare_to")(value)
 
 
 def _study(value: Any) -> tuple[str, ...]:
@@ -170,6 +143,7 @@ def _study(value: Any) -> tuple[str, ...]:
 
 
 DTYPES = ("fp32", "fp16", "bf16")
+ENGINES = ("eager", "compile", "onnxruntime")
 VIT_BACKENDS = ("math", "sdpa", "triton")
 ATTENTION_BACKENDS = ("triton", "math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
 DEVICES = ("cpu", "cuda")
@@ -222,6 +196,19 @@ class Budget:
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
+    def __lt__(self, other: "Budget") -> bool:  # tables and figures list budgets in a stable order
+        key = lambda b: (b.protocol, b.epochs or 0.0, b.seconds or 0.0, b.train_flops or 0.0, str(b))  # noqa: E731
+        return key(self) < key(other)
+
+    def label(self) -> str:
+        """For people: '30 s', '1.2e+15 FLOP', 'up to 150 epochs, at most 48,000 images, early stop'."""
+        if self.seconds is not None:
+            return f"{self.seconds:g} s"
+        if self.train_flops is not None:
+            return f"{self.train_flops:.3g} FLOP"
+        cap = f", at most {self.max_images:,} images" if self.max_images else ""
+        return f"up to {self.epochs:g} epochs{cap}" + (", early stop" if self.patience else "")
+
 
 # ------------------------------------------------------------------------------------------ the spec
 
@@ -235,17 +222,19 @@ def axis(default: Any, check: Callable[[Any], Any], help: str, *, grid: bool = T
 class CellSpec:
     """One fully resolved cell: every axis set, plus the suite's measurement settings."""
 
-    model: str | None = axis(None, _model, "vit:<variant> | resnet18..152[-small] | resnet20/32/56 | "
+    model: str | None = axis(None, optional(text), "vit:<variant> | resnet18..152[-small] | resnet20/32/56 | "
                                            "resnet9[-w<width>] | timm:<name> | timm-vit:<variant>")
-    task: str = axis("infer", _task, "what the cell measures (python -m bench list: tasks)")
+    task: str = axis("infer", text, "what the cell measures (python -m bench list: tasks)")
     batch_size: int = axis(32, positive_int, "images per step")
     img_size: int = axis(224, positive_int, "input height = width in pixels")
     dtype: str = axis("fp32", choice(*DTYPES), "fp32, or autocast to fp16 / bf16")
     attn_backend: str = axis("sdpa", choice(*sorted(set(VIT_BACKENDS + ATTENTION_BACKENDS)), "none"),
                              "native ViT: math|sdpa|triton; task attention: " + "|".join(ATTENTION_BACKENDS)
                              + "; ignored (none) for models without a choice")
-    compile: bool = axis(False, boolean, "wrap the model in torch.compile")
-    dataset: str = axis("synthetic", _dataset, "synthetic (throughput/memory only), fashion-mnist[:<a>-<b>], "
+    compile: bool = axis(False, boolean, "training: wrap the model in torch.compile")
+    engine: str = axis("eager", choice(*ENGINES), "infer / latency: serve the model with eager PyTorch, torch.compile "
+                                                  "or ONNX Runtime (pip install 'vitbench[onnx]')")
+    dataset: str = axis("synthetic", text, "synthetic (throughput/memory only), fashion-mnist[:<a>-<b>], "
                                                "cifar10, cifar100, imagefolder:<path>")
     train_size: int | None = axis(None, optional(positive_int), "training images (stratified, nested); null = all")
     seed: int = axis(0, non_negative_int, "random seed")
@@ -255,19 +244,24 @@ class CellSpec:
                                                         "task attention: [batch, heads, seq_len, head_dim]")
     budget: Budget | None = axis(None, _budget, "accuracy tasks: {epochs|seconds|train_flops: N, min_steps, "
                                                 "max_images, patience, evals}")
-    recipe: dict | None = axis(None, _recipe, "accuracy tasks: overrides of the family's recipe, e.g. {lr: 0.002}")
-    init: str | None = axis(None, _init, "finetune / linear_probe: a pretrain dataset of this run "
+    recipe: dict | None = axis(None, mapping, "accuracy tasks: overrides of the family's recipe, e.g. {lr: 0.002}")
+    init: str | None = axis(None, optional(text), "finetune / linear_probe: a pretrain dataset of this run "
                                          "(fashion-mnist:0-4), mae:<dataset>, timm, or file:<state dict>")
-    mae: dict | None = axis(None, _mae, "pretrain_mae: {mask_ratio, decoder_depth, decoder_dim, decoder_heads, "
+    mae: dict | None = axis(None, mapping, "pretrain_mae: {mask_ratio, decoder_depth, decoder_dim, decoder_heads, "
                                         "norm_pix_loss}")
     pool: str = axis("cls", choice("cls", "mean"), "linear_probe: features of the class token or the mean of the "
                                                     "patch tokens")
     nproc: int = axis(1, positive_int, "accuracy tasks: data-parallel processes in the cell (torch.distributed; "
                                        "batch_size is per process)")
-    compare_to: dict | None = axis(None, _compare_to, "infer/train: time this cell against another model or "
-                                                      "backend alternately in one process ({model, attn_backend, "
-                                                      "compile, dtype}); gives their ratio")
+    compare_to: dict | None = axis(None, _compare_to, "infer/train/latency: time this cell against another model, "
+                                                      "backend or engine alternately in one process ({model, "
+                                                      "attn_backend, compile, dtype, engine}); gives their ratio")
+    calls: int = axis(200, positive_int, "latency: timed calls, each timed alone (a tenth as many warm-up calls "
+                                         "before them)")
     # Set by the suite, not the grid:
+    init_cell: str | None = axis(None, optional(text), "the cell whose checkpoint a finetune, linear_probe or rollout "
+                                                       "cell reads (resolved from init when the suite is expanded)",
+                                 grid=False)
     study: tuple[str, ...] = axis((), _study, "tags of the grid entries this cell came from (report studies)",
                                   grid=False, identity=False)
     device: str = axis("cpu", choice(*DEVICES), "where the cell runs", grid=False)
@@ -350,6 +344,8 @@ class CellSpec:
             parts.append(str(self.budget))
         if self.attn_backend not in ("sdpa", "none"):
             parts.append(self.attn_backend)
+        if self.engine != "eager":
+            parts.append(self.engine)
         if self.compare_to:
             parts.append("vs " + " ".join(str(v) for v in self.compare_to.values()))
         if self.init:

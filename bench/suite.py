@@ -8,6 +8,10 @@ for the report without being an axis. `include` adds partial cells (missing axes
 its `grid` as a mapping replaces those axes in every grid, as a list replaces the whole grid; its `include`,
 `exclude` and measurement keys replace the top-level ones. Relative paths in values (`imagefolder:`, `file:`)
 are taken from the directory `bench` is started in.
+
+Every value is checked twice: by its axis's own check (bench/spec.py) and by the registry that owns what it
+names (bench/tasks: AXIS_CHECKS). A cell that reads a checkpoint (fine-tuning, probing, rollout) is linked here to
+the one cell of the suite that writes it (spec.init_cell); none, or several, is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import yaml
 
 from .spec import AXES, GRID_AXES, CellSpec, SpecError, choice, non_negative_int, positive_int
+from .tasks import AXIS_CHECKS, TASKS
 
 MAX_SUITE_BYTES = 256 * 1024
 MAX_YAML_NODES = 100_000  # values after alias expansion: a 400-byte file must not become gigabytes
@@ -123,6 +128,8 @@ def _read(path: Path) -> tuple[str, Any]:
             from None
     try:
         raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SuiteError(f"{path}: <file>: nested too deeply; a suite is a few levels of mappings and lists") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -150,8 +157,21 @@ def _check_keys(path: Path, where: str, mapping: Any, allowed: tuple[str, ...]) 
 def _checked(path: Path, key: str, check, value: Any) -> Any:
     try:
         return check(value)
-    except SpecError as err:
+    except (ValueError, OSError) as err:  # SpecError, or a registry's own error (an unknown model, a missing folder)
         raise _fail(path, key, str(err)) from None
+
+
+def axis_check(axis: str):
+    """The axis's own check, then its registry's, if any: the whole check of a value a suite gives an axis."""
+    own, registry = AXES[axis].metadata["check"], AXIS_CHECKS.get(axis)
+    if registry is None:
+        return own
+
+    def check(value: Any) -> Any:
+        value = own(value)
+        return None if value is None else registry(value)
+
+    return check
 
 
 def _grid_entries(path: Path, where: str, grid: Any) -> list[tuple[dict[str, list], tuple[str, ...]]]:
@@ -171,7 +191,7 @@ def _grid_entries(path: Path, where: str, grid: Any) -> list[tuple[dict[str, lis
         for axis, values in axes.items():
             if not isinstance(values, list) or not values:
                 raise _fail(path, f"{key}.{axis}", f"expected a non-empty list of values, got {values!r}")
-            check = AXES[axis].metadata["check"]
+            check = axis_check(axis)
             checked[axis] = [_checked(path, f"{key}.{axis}[{j}]", check, v) for j, v in enumerate(values)]
         result.append((checked, study))
     return result
@@ -185,7 +205,7 @@ def _partial_cells(path: Path, where: str, entries: Any) -> list[dict]:
     out = []
     for i, entry in enumerate(entries):
         _check_keys(path, f"{where}[{i}]", entry, GRID_ENTRY_KEYS)
-        out.append({axis: _checked(path, f"{where}[{i}].{axis}", AXES[axis].metadata["check"], value)
+        out.append({axis: _checked(path, f"{where}[{i}].{axis}", axis_check(axis), value)
                     for axis, value in entry.items()})
     return out
 
@@ -245,9 +265,13 @@ def load_suite(path: str | Path, device: str | None = None, max_cells: int = DEF
                  concurrency=settings["concurrency"], cells=cells, text=text)
 
 
-def _expand(path: Path, grids, include, exclude, fixed: dict) -> list[CellSpec]:
-    from .tasks import TASKS
+def _shown(spec: CellSpec) -> str:
+    defaults = {name: f.default for name, f in AXES.items()}
+    return json.dumps({k: spec.column_value(k) for k in ("model", "task", "img_size", "dataset", "train_size", "seed")
+                       if getattr(spec, k) != defaults[k]})
 
+
+def _expand(path: Path, grids, include, exclude, fixed: dict) -> list[CellSpec]:
     partials: list[dict] = []
     for axes, study in grids:
         names = list(axes)
@@ -263,16 +287,34 @@ def _expand(path: Path, grids, include, exclude, fixed: dict) -> list[CellSpec]:
         try:
             spec = TASKS[spec.task].check(spec)
         except SpecError as err:
-            shown = {k: spec.column_value(k) for k in ("model", "task", "img_size", "dataset")
-                     if getattr(spec, k) not in (None, defaults[k])}
-            raise _fail(path, f"grid: cell {json.dumps(shown)}", str(err)) from None
+            raise _fail(path, f"grid: cell {_shown(spec)}", str(err)) from None
         known = cells.get(spec.cell_id)
         if known is not None:  # the same cell from two entries: one cell with both entries' study tags
             spec = dataclasses.replace(known, study=tuple(sorted(set(known.study) | set(spec.study))))
         cells[spec.cell_id] = spec
     if not cells:
         raise _fail(path, "grid", "no cells left after include/exclude")
-    return list(cells.values())
+    return [_link_checkpoint(path, spec, cells.values()) for spec in cells.values()]
+
+
+def _link_checkpoint(path: Path, spec: CellSpec, cells) -> CellSpec:
+    """A cell that reads a checkpoint, linked to the one cell that writes it (same model, image size, seed)."""
+    ref = TASKS[spec.task].reads_checkpoint(spec)
+    if ref is None:
+        return spec
+    writers = [c for c in cells if (c.task, c.dataset, c.model, c.img_size, c.seed)
+               == (ref.task, ref.dataset, spec.model, spec.img_size, spec.seed)]
+    what = f"a {ref.task} cell of {spec.model} on {ref.dataset} at {spec.img_size} px, seed {spec.seed}"
+    if not writers:
+        raise _fail(path, f"grid: cell {_shown(spec)}", f"reads the checkpoint of {what}, and the suite has none; "
+                                                        "add that cell to the grid")
+    if len(writers) > 1:
+        differ = sorted(name for name in AXES if AXES[name].metadata["identity"]
+                        and len({w.column_value(name) for w in writers}) > 1)
+        raise _fail(path, f"grid: cell {_shown(spec)}", f"reads the checkpoint of {what}, and the suite has "
+                                                        f"{len(writers)} of them (they differ in "
+                                                        f"{', '.join(differ)}): keep one")
+    return spec.replace(init_cell=writers[0].cell_id)
 
 
 def describe_settings() -> str:

@@ -9,37 +9,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from bench import data as data_mod
+from bench import training
 from bench.cell import run_cell
 from bench.data import DataNotFoundError, DeviceAugment, load_test, load_train, stratified_subset, train_val_split
-from bench.results import CellContext
+from bench.models import build_model
+from bench.paths import CellContext
 from bench.spec import Budget, CellSpec
-from bench.tasks import TASKS
-from bench.tasks import accuracy as acc_mod
-
-ROOT = Path(__file__).resolve().parent.parent
-HAVE_FMNIST = any((p / "train-labels-idx1-ubyte.gz").exists() or (p / "train-labels-idx1-ubyte").exists()
-                  for p in data_mod.fashion_mnist_search_path())
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (tools/install.sh)")
-
-
-def write_idx(path, array):
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype("uint8").tobytes())
-
-
-def fake_fashion(folder, n_train=40, n_test=20, value=7):
-    folder.mkdir(parents=True)
-    write_idx(folder / "train-images-idx3-ubyte.gz", np.full((n_train, 28, 28), value))
-    write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(n_train) % 10)
-    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.full((n_test, 28, 28), value))
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)
+from bench.tasks import TASKS, supervised
+from tests.conftest import ROOT, fake_fashion, needs_fmnist
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -226,7 +208,7 @@ def test_early_stopping_restores_the_best_checkpoint(monkeypatch):
     torch.manual_seed(0)
     x = torch.randint(0, 255, (256, 1, 28, 28), dtype=torch.uint8)
     data = TrainData("t", Split(x, torch.arange(256) % 10), tuple("abcdefghij"), (0.5,), (0.5,), True)
-    model = acc_mod.build_model("resnet20", img_size=28, in_chans=1, num_classes=10)[0]
+    model = build_model("resnet20", img_size=28, in_chans=1, num_classes=10)[0]
     scripted = iter([0.5, 0.9, 0.6, 0.55, 0.5, 0.4])
     snapshots = []
 
@@ -234,21 +216,22 @@ def test_early_stopping_restores_the_best_checkpoint(monkeypatch):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return next(scripted), 1.0
 
-    monkeypatch.setattr(acc_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(training, "evaluate", fake_evaluate)
     spec = accuracy_spec(budget=Budget(epochs=10.0, evals=10, patience=2), batch_size=32)
     idx = torch.arange(256)
-    result = acc_mod.train_model(model, spec, acc_mod.RECIPES[("cnn", "scratch")], data, idx[:200], idx[200:], 1.0)
+    result = training.train_classifier(model, spec, training.RECIPES[("cnn", "scratch")], data, idx[:200], idx[200:],
+                                       1.0)
     assert len(snapshots) == 4 and result.stopped_early and result.converged and result.best_val == 0.9
     for key, value in result.model.state_dict().items():
         torch.testing.assert_close(value, snapshots[1][key], msg=key)
     assert not torch.equal(snapshots[1]["fc.weight"], snapshots[3]["fc.weight"])
-    assert result.best_step == result.curve[1]["step"]
+    assert result.best_step == result.curve.points[1]["step"]
 
 
 @needs_fmnist
 def test_the_test_split_is_read_once_after_training(tmp_path, monkeypatch):
     events = []
-    real_train, real_load_test = acc_mod.train_model, acc_mod.load_test
+    real_train, real_load_test = supervised.train_classifier, training.load_test
 
     def train(*args, **kwargs):
         events.append("train start")
@@ -260,8 +243,8 @@ def test_the_test_split_is_read_once_after_training(tmp_path, monkeypatch):
         events.append("test loaded")
         return real_load_test(*args, **kwargs)
 
-    monkeypatch.setattr(acc_mod, "train_model", train)
-    monkeypatch.setattr(acc_mod, "load_test", test_split)
+    monkeypatch.setattr(supervised, "train_classifier", train)
+    monkeypatch.setattr(training, "load_test", test_split)
     rows = run_cell(accuracy_spec(train_size=256, budget=Budget(epochs=1.0, evals=1)), ctx_for(tmp_path))
     assert {r["status"] for r in rows} == {"ok"} and events == ["train start", "train end", "test loaded"]
 
@@ -271,28 +254,28 @@ def test_the_test_split_is_read_once_after_training(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model", ["vit:Mu/7", "timm-vit:Mu/7"])
 def test_pretrain_then_finetune_loads_the_checkpoint(tmp_path, model):
     budget = Budget(epochs=1.0, evals=1)
-    pre = run_cell(accuracy_spec(model=model, task="pretrain", dataset="fashion-mnist:0-4", train_size=500,
-                                 budget=budget), ctx_for(tmp_path))
+    pre_spec = accuracy_spec(model=model, task="pretrain", dataset="fashion-mnist:0-4", train_size=500, budget=budget)
+    pre = run_cell(pre_spec, ctx_for(tmp_path))
     assert {r["status"] for r in pre} == {"ok"}, pre
-    path = acc_mod.checkpoint_path(tmp_path, model, "fashion-mnist:0-4", 28, 0)
+    path = tmp_path / "checkpoints" / f"{pre_spec.cell_id}.pt"
     assert path.is_file()
     spec = accuracy_spec(model=model, task="finetune", init="fashion-mnist:0-4", dataset="fashion-mnist:5-9",
-                         train_size=200, budget=budget)
-    net, info = acc_mod.build_model(model, img_size=28, in_chans=1, num_classes=5)
-    acc_mod._load_init(net, info, spec, ctx_for(tmp_path))
+                         train_size=200, budget=budget, init_cell=pre_spec.cell_id)
+    net, info = build_model(model, img_size=28, in_chans=1, num_classes=5)
+    supervised.load_init(net, info, spec, ctx_for(tmp_path))
     saved = torch.load(path, weights_only=True)["model"]
     torch.testing.assert_close(net.blocks[3].mlp.fc1.weight, saved["blocks.3.mlp.fc1.weight"])
     rows = run_cell(spec, ctx_for(tmp_path))
-    assert {r["status"] for r in rows} == {"ok"} and rows[0]["init_used"] == str(path)
+    assert {r["status"] for r in rows} == {"ok"} and rows[0]["init_used"] == f"checkpoints/{pre_spec.cell_id}.pt"
     assert rows[0]["init"] == "fashion-mnist:0-4"  # requested beside effective
 
 
 @needs_fmnist
 def test_finetune_without_checkpoint_names_it(tmp_path):
-    rows = run_cell(accuracy_spec(task="finetune", init="fashion-mnist:0-4", dataset="fashion-mnist:5-9"),
-                    ctx_for(tmp_path))
+    rows = run_cell(accuracy_spec(task="finetune", init="fashion-mnist:0-4", dataset="fashion-mnist:5-9",
+                                  init_cell="0123456789ab"), ctx_for(tmp_path))
     assert rows[0]["status"] == "error"
-    assert "resnet20__fashion-mnist-0-4__28px__seed0.pt is missing" in rows[0]["error"]
+    assert "checkpoints/0123456789ab.pt is missing" in rows[0]["error"]
 
 
 @needs_fmnist
@@ -300,7 +283,7 @@ def test_non_finite_loss_is_an_error_row(tmp_path):
     spec = accuracy_spec(train_size=256, recipe={"lr": 1e30, "grad_clip": None, "weight_decay": 0},
                          budget=Budget(epochs=2.0, evals=1))
     rows = run_cell(spec, ctx_for(tmp_path))
-    assert rows[0]["status"] == "error" and "non-finite training loss" in rows[0]["error"]
+    assert rows[0]["status"] == "error" and "non-finite train_loss" in rows[0]["error"]
 
 
 @needs_fmnist

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.cell import run_cell
-from bench.results import CellContext
+from bench.paths import CellContext
 from bench.spec import CellSpec
 from bench.tasks import attention as attention_task
 

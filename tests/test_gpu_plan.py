@@ -4,11 +4,8 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-from tests.test_report import fixture_run
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, fixture_run
 
 
 def test_dry_run_prints_the_plan_within_seven_minutes():

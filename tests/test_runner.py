@@ -8,60 +8,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from bench.results import COLUMNS, SCHEMA_VERSION
+from tests.conftest import ONE_CELL, ROOT, SMOKE, bench, cell_processes, suite_file, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "suites" / "smoke.yaml"
-
-
-def bench(*args, env=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, env=env, **kwargs)
-
-
-def suite_file(tmp_path, body, name="t"):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"name: {name}\n" + textwrap.dedent(body))
-    return path
-
-
-ONE_CELL = "repeats: 1\nwarmup: 0\niters: 1\ngrid:\n  model: [resnet20]\n  img_size: [28]\n  batch_size: [2]\n"
 # a cell that runs for minutes unless stopped (the tests kill it)
 SLOW_CELL = "repeats: 100000\nwarmup: 0\niters: 10\ntimeout_s: 300\ngrid:\n  model: [resnet20]\n  task: [train]\n" \
             "  img_size: [28]\n  batch_size: [64]\n"
-
-
-def cell_processes(run_dir: Path) -> list[int]:
-    """pids of live cell processes working for this run dir."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            state = next(l for l in (proc / "status").read_text().splitlines() if l.startswith("State:"))
-        except (OSError, StopIteration):
-            continue
-        if b"bench.cell" in cmd and any(str(run_dir).encode() in part for part in cmd) and "zombie" not in state:
-            pids.append(int(proc.name))
-    return pids
-
-
-def wait_for(predicate, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_runner(suite, run_dir, *extra):
@@ -140,11 +97,11 @@ def test_failures_become_rows_and_the_run_goes_on(tmp_path):
 
 @pytest.mark.slow
 def test_timeout_is_recorded(tmp_path):
-    suite = suite_file(tmp_path, "timeout_s: 1\ngrid:\n  model: [resnet20]\n  img_size: [28]\n")
+    suite = suite_file(tmp_path, SLOW_CELL.replace("timeout_s: 300", "timeout_s: 2"))
     proc = bench("run", suite, "--run-dir", tmp_path / "run", "--device", "cpu", timeout=300)
     assert proc.returncode == 0
     frame = pd.read_csv(tmp_path / "run" / "results.csv")
-    assert frame["status"].tolist() == ["timeout"] and "timeout_s=1" in frame["error"].iloc[0]
+    assert frame["status"].tolist() == ["timeout"] and "timeout_s=2" in frame["error"].iloc[0]
 
 
 @pytest.mark.slow
@@ -215,7 +172,12 @@ def test_unreadable_results_are_one_line_errors(tmp_path, content):
 def test_results_of_an_older_schema_are_refused(tmp_path):
     (tmp_path / "results.csv").write_text("suite,run_id,cell_id,metric,value,status\ns,r,abc,throughput,1.0,ok\n")
     proc = bench("report", tmp_path)
-    assert proc.returncode == 2 and "not a vitbench results file of schema 2" in proc.stderr
+    assert proc.returncode == 2 and "no cell records" in proc.stderr and "written by an older vitbench" in proc.stderr
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "abc.json").write_text(json.dumps({"schema_version": 2, "cell_id": "abc", "spec": {},
+                                                             "rows": []}))
+    proc = bench("report", tmp_path)
+    assert proc.returncode == 2 and f"schema version 2, expected {SCHEMA_VERSION}" in proc.stderr
 
 
 @pytest.mark.slow
@@ -261,10 +223,10 @@ class _Payload:
 def test_untrusted_checkpoints_never_run_code(tmp_path, smoke_run):
     import torch
 
-    from bench.results import CellContext
-    from bench.spec import Budget, CellSpec
-    from bench.tasks.accuracy import _load_init
     from bench.models import build_model
+    from bench.paths import CellContext
+    from bench.spec import Budget, CellSpec
+    from bench.tasks.supervised import load_init
 
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
@@ -274,14 +236,14 @@ def test_untrusted_checkpoints_never_run_code(tmp_path, smoke_run):
     run_dir = tmp_path / "run"
     shutil.copytree(smoke_run[0], run_dir)
     (run_dir / "checkpoints").mkdir()
-    shutil.copy(evil, run_dir / "checkpoints" / "vit-Mu-4__fashion-mnist-0-4__28px__seed0.pt")
+    shutil.copy(evil, run_dir / "checkpoints" / "0123456789ab.pt")
     assert bench("report", run_dir).returncode == 0
     # fine-tuning from a file loads it with weights_only=True: refused, nothing executed
     spec = CellSpec(model="resnet20", task="finetune", dataset="fashion-mnist", img_size=28, budget=Budget(epochs=1),
                     init=f"file:{evil}")
     model, info = build_model("resnet20", img_size=28, in_chans=1, num_classes=10)
     with pytest.raises(pickle.UnpicklingError):
-        _load_init(model, info, spec, CellContext("t", "r", run_dir))
+        load_init(model, info, spec, CellContext("t", "r", run_dir))
     assert not marker.exists()
     with pytest.raises(Exception):
         torch.load(evil, weights_only=True)

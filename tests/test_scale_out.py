@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from bench.cell import run_cell
-from bench.results import CellContext
+from bench.paths import CellContext
 from bench.spec import Budget, CellSpec, SpecError
 from bench.tasks import TASKS
-from tests.test_runner import ONE_CELL, SMOKE, bench, suite_file, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ONE_CELL, ROOT, SMOKE, bench, cell_processes, suite_file, wait_for
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,16 +36,19 @@ def start_ray_runner(suite, run_dir):
                             text=True)
 
 
+def ray_worker_of(pid: int) -> int:
+    """The Ray worker process above a cell process (its parent, or the warm parent's parent)."""
+    while pid > 1:
+        pid = int(Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[1])
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+            return pid
+    raise AssertionError("no Ray worker above the cell process")
+
+
 def cell_process_of(cell_id: str) -> int | None:
     """pid of the cell process a Ray task started for this cell (its scratch dir names the cell)."""
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if proc.name.isdigit() and b"bench.cell" in cmd and f"vitbench-{cell_id}".encode() in cmd:
-            return int(proc.name)
-    return None
+    pids = cell_processes(f"vitbench-{cell_id}-")
+    return pids[0] if pids else None
 
 
 @pytest.mark.slow
@@ -84,7 +84,7 @@ def test_a_worker_lost_mid_cell_is_a_killed_row_and_the_run_completes(tmp_path):
     runner = start_ray_runner(suite, run_dir)
     try:
         cell = wait_for(lambda: cell_process_of(slow.cell_id), timeout=180, what="the slow cell on a Ray worker")
-        worker = int(Path(f"/proc/{cell}/stat").read_text().split(")")[1].split()[1])  # its parent: the Ray worker
+        worker = ray_worker_of(cell)
         os.kill(worker, signal.SIGKILL)
         out, err = runner.communicate(timeout=300)
     finally:

@@ -1,4 +1,5 @@
-"""The cell spec: one typed table of axes, JSON round trip, stable ids, per-value checks."""
+"""The cell spec: one typed table of axes, JSON round trip, stable ids, per-value checks (the spec's own, and the
+registries' as the suite layer applies them)."""
 
 import dataclasses
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.spec import AXES, Budget, CellSpec, SpecError
-from bench.suite import load_suite
+from bench.suite import axis_check, load_suite
 
 SUITES = sorted((Path(__file__).parent.parent / "suites").glob("*.yaml"))
 
@@ -26,7 +27,13 @@ def test_unknown_keys_are_errors_never_dropped():
     with pytest.raises(SpecError, match="unknown budget key 'epoch'"):
         CellSpec.from_dict({"budget": {"epoch": 3}})
     with pytest.raises(SpecError, match="unknown recipe key 'learning_rate'"):
-        CellSpec.from_dict({"recipe": {"learning_rate": 0.1}})
+        axis_check("recipe")({"learning_rate": 0.1})
+    with pytest.raises(SpecError, match="unknown mae key 'ratio'"):
+        axis_check("mae")({"ratio": 0.5})
+    with pytest.raises(ValueError, match="unknown model spec 'resnet7'"):
+        axis_check("model")("resnet7")
+    with pytest.raises(SpecError, match="expected one of infer, train"):
+        axis_check("task")("classify")
 
 
 def test_values_are_checked_with_what_is_allowed():
@@ -59,10 +66,10 @@ def test_budget_protocols_and_json():
 def test_relative_paths_are_taken_from_the_current_directory(tmp_path, monkeypatch):
     (tmp_path / "imgs" / "train" / "a").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    spec = CellSpec.from_dict({"dataset": "imagefolder:imgs", "init": "file:w.pt"})
-    assert spec.dataset == f"imagefolder:{tmp_path / 'imgs'}" and spec.init == f"file:{tmp_path / 'w.pt'}"
-    with pytest.raises(SpecError, match="no train folder"):
-        CellSpec.from_dict({"dataset": "imagefolder:missing"})
+    assert axis_check("dataset")("imagefolder:imgs") == f"imagefolder:{tmp_path / 'imgs'}"
+    assert axis_check("init")("file:w.pt") == f"file:{tmp_path / 'w.pt'}"
+    with pytest.raises(OSError, match="no train folder"):
+        axis_check("dataset")("imagefolder:missing")
 
 
 def test_every_axis_has_a_check_and_help():

@@ -10,7 +10,7 @@ import pytest
 from bench.cell import run_cell
 from bench.measure.noise import LoadReport, noise_columns
 from bench.measure.timing import median_ci, time_paired
-from bench.results import CellContext
+from bench.paths import CellContext
 from bench.spec import CellSpec
 from bench.tasks import TASKS
 
@@ -64,11 +64,11 @@ def test_alternation_cancels_drift():
 
 def test_noise_flags():
     quiet = LoadReport(0.1, 0.1, 2, 0.01)
-    assert noise_columns(1.0, 1.05, quiet)["noisy"] == ""
-    assert noise_columns(1.0, 1.5, quiet)["noisy"] == "spread p80/p20 1.50"
-    busy = noise_columns(1.0, 1.0, LoadReport(1.0, 1.9, 2, 0.45))
+    assert noise_columns(quiet, 1.0, 1.05)["noisy"] == ""
+    assert noise_columns(quiet, 1.0, 1.5)["noisy"] == "spread p80/p20 1.50"
+    busy = noise_columns(LoadReport(1.0, 1.9, 2, 0.45), 1.0, 1.0)
     assert busy["noisy"] == "busy: other processes used 45% of the CPU" and busy["other_cpu"] == 0.45
-    assert "host-bound" in noise_columns(1.0, 1.0, quiet, host_bound=True)["noisy"]
+    assert "host-bound" in noise_columns(quiet, 1.0, 1.0, host_bound=True)["noisy"]
 
 
 @pytest.mark.slow

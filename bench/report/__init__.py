@@ -4,12 +4,16 @@ Several run dirs (a CPU run and a GPU run) are facetted or sectioned by device."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import pandas as pd
+
+from ..env import ENVIRONMENT_KEYS
+from ..measure.phases import PHASES
+from ..results import setting_columns
 from . import figures
 from .answer import answer
-from .data import Runs, load
+from .data import Runs, flagged, load
 from .style import Skip
 
 SECTIONS = [  # (title, figure function)
@@ -17,12 +21,14 @@ SECTIONS = [  # (title, figure function)
     ("Transfer and self-supervised pretraining", figures.transfer),
     ("MAE gain over training from scratch", figures.mae_gain),
     ("MAE reconstructions", lambda runs: figures.artifacts(runs, "recon_loss", "MAE reconstruction")),
+    ("Learning-curve back-test", figures.backtest_figure),
     ("Accuracy against training compute", figures.accuracy_vs_compute),
     ("Training curves", figures.training_curves),
     ("Scaling by model size", figures.scaling_by_size),
     ("Sequence length (patch size)", figures.patch_size),
     ("Image size", figures.image_size),
     ("Batch size", figures.batch_size),
+    ("Deployment latency", figures.latency),
     ("Paired comparisons", figures.paired_table),
     ("Accuracy against speed", figures.pareto),
     ("Attention kernels", figures.attention_kernels),
@@ -30,53 +36,78 @@ SECTIONS = [  # (title, figure function)
 ]
 
 
+def mixed_environment(env: dict) -> list[str]:
+    """What changed when a run was resumed with --allow-mixed-versions: 'torch 2.11.0 -> 2.14.1', ..."""
+    changes = []
+    for entry in env.get("resumed", []):
+        changes += [f"{key} {env.get(key)} -> {entry[key]}" for key in (*ENVIRONMENT_KEYS, "code_version")
+                    if key in entry and str(entry[key]) != str(env.get(key))]
+    return list(dict.fromkeys(changes))
+
+
 def _environments(runs: Runs) -> str:
     lines = []
-    for run_dir in runs.run_dirs:
-        env_path = run_dir / "env.json"
-        env = json.loads(env_path.read_text()) if env_path.exists() else {}
+    for run_dir, env in runs.envs.items():
+        dirty = " (uncommitted changes)" if env.get("git_dirty") else ""
+        mixed = mixed_environment(env)
         lines.append(f"- `{run_dir}`: {env.get('device_name', '?')} ({env.get('device', '?')}), torch "
                      f"{env.get('torch', '?')}, timm {env.get('timm', '?')}, triton {env.get('triton', '?')}, code "
-                     f"{str(env.get('code_version', '?'))[:12]}{' (uncommitted changes)' if env.get('git_dirty') else ''}")
+                     f"{str(env.get('code_version', '?'))[:12]}{dirty}"
+                     + (f". **Mixed environments** (resumed with --allow-mixed-versions): {'; '.join(mixed)}"
+                        if mixed else ""))
     return "\n".join(lines)
 
 
-def _fill_device_names(runs: Runs) -> None:
-    """Rows written before the device_name column existed take it from their run's env.json."""
-    runs.rows["device_name"] = runs.rows["device_name"].astype(object)
-    for run_dir in runs.run_dirs:
-        env_path = run_dir / "env.json"
-        if env_path.exists():
-            mine = (runs.rows["run_dir"] == str(run_dir)) & runs.rows["device_name"].isna()
-            runs.rows.loc[mine, "device_name"] = json.loads(env_path.read_text()).get("device_name")
+def _varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The columns whose values differ between rows (the ones that tell rows apart in a table)."""
+    return [c for c in columns if frame[c].astype(str).nunique() > 1]
 
 
 def failure_table(runs: Runs) -> str:
-    bad = runs.rows[runs.rows["status"] != "ok"].drop_duplicates("cell_id")
+    rows = runs.rows
+    bad = rows[(rows["status"] != "ok") | flagged(rows["diverged"])].drop_duplicates("cell_id").copy()
     if bad.empty:
         return "_None: every cell finished ok._"
-    cols = ["device", "label", "task", "batch_size", "img_size", "dtype", "attn_backend", "status", "error"]
+    mark = flagged(bad["diverged"])
+    bad.loc[mark, "error"] = bad.loc[mark, "diverged"]
+    bad.loc[mark, "status"] = "ok, diverged"
+    cols = ["device", "label", *_varying(bad, [c for c in setting_columns() if c not in ("device", "model")]),
+            "status", "error"]
     bad = bad[cols].astype(object).fillna("")
     bad["error"] = bad["error"].astype(str).str.slice(0, 140)
     return bad.to_markdown(index=False)
 
 
 def metrics_csv(runs: Runs, out: Path) -> str:
-    """Median, min, max over rows (seeds, or repeats' medians) of every metric: the full table, as CSV."""
-    ok = runs.rows[runs.rows["status"] == "ok"].copy()
-    keys = ["device", "label", "task", "attn_backend_used", "dtype", "batch_size", "img_size", "dataset",
-            "train_size", "budget", "init", "attn_shape", "metric", "unit"]
-    ok[keys] = ok[keys].astype(object).fillna("")
-    table = ok.groupby(keys, sort=True)["value"].agg(median="median", min="min", max="max", n="count").reset_index()
-    table.to_csv(out / "metrics.csv", index=False)
+    """Median, min, max over rows (seeds, or repeats' medians) of every metric per setting (the spec's axes less
+    the seed, and the device model): the full table, as CSV."""
+    ok = runs.rows[runs.rows["status"] == "ok"]
+    keys = [*setting_columns(), "device_name", "paired_with", "metric", "unit"]
+    table = ok.groupby(keys, dropna=False, sort=False)["value"].agg(
+        median="median", min="min", max="max", n="count").reset_index()
+    table[keys] = table[keys].astype(object).where(table[keys].notna(), "")
+    table.sort_values(keys, key=lambda c: c.astype(str)).to_csv(out / "metrics.csv", index=False)
     return f"All {len(table)} metrics (median, min, max, count over rows): [metrics.csv](metrics.csv); every row of " \
            "every run: [results_combined.csv](results_combined.csv)."
 
 
+def time_table(runs: Runs) -> str:
+    """Where each run's time went: its cells' wall time split into phases (bench/measure/phases.py)."""
+    cells = runs.rows.drop_duplicates("cell_id")
+    if cells["cell_wall_s"].isna().all():
+        return "_No timing breakdown in these runs._"
+    columns = [f"{name}_s" for name in PHASES]
+    table = cells.groupby("run_dir").agg(cells=("cell_id", "size"), wall_s=("cell_wall_s", "sum"),
+                                         **{c: (c, "sum") for c in columns})
+    table["other_s"] = (table["wall_s"] - table[columns].sum(axis=1)).clip(lower=0)
+    table["overhead per cell (s)"] = (table["wall_s"] - table["train_s"]) / table["cells"]
+    return ("Seconds summed over each run's cells (train: the timed region; other: process start and reaping as the "
+            "runner saw it).\n\n" + table.reset_index().to_markdown(index=False, floatfmt=".1f"))
+
+
 def write_report(run_dirs: list[Path], out: Path) -> Path:
+    runs = load(run_dirs, out)  # the runs are read (and refused) before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    runs = load(run_dirs, out)
-    _fill_device_names(runs)
     parts = ["# vitbench report", "", "Runs:", _environments(runs), "", answer(runs)]
     for title, figure in SECTIONS:
         parts.append(f"\n## {title}\n")
@@ -84,7 +115,8 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             parts.append(figure(runs))
         except Skip as why:
             parts.append(f"_Skipped: {why}._")
-    parts += ["\n## Failed, out-of-memory, timed-out and skipped cells\n", failure_table(runs),
+    parts += ["\n## Where the time went\n", time_table(runs),
+              "\n## Failed, out-of-memory, timed-out, skipped and diverged cells\n", failure_table(runs),
               "\n## All metrics\n", metrics_csv(runs, out)]
     runs.rows.drop(columns=["run_dir"]).to_csv(out / "results_combined.csv", index=False)
     report = out / "report.md"

@@ -1,71 +1,88 @@
-"""What the report reads: the runs' results.csv (validated), their training curves and the files tasks wrote.
-Never a checkpoint or a model: figures that need one are drawn by a task into artifacts/."""
+"""What the report reads: the runs' cell records (cells/<cell_id>.json: the typed spec and its rows), their
+environment records, their training curves and the files tasks wrote. Never a checkpoint or a model: figures that
+need one are drawn by a task into artifacts/. Values of the spec are used as the spec holds them (a Budget, a
+shape tuple, a tuple of study tags), never parsed back out of text."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..results import read_results
+from ..data import is_class_range
+from ..paths import RunPaths
+from ..results import read_records, records_frame, setting_columns
+from ..stats import mean_interval
 
 DEFAULT_BACKENDS = ("sdpa", "triton", "none")  # a model's usual attention ("none": CNNs); math is a comparison
 
 
-@dataclass
+@dataclass(eq=False)  # hashable by identity: what is computed from it is cached per report
 class Runs:
-    rows: pd.DataFrame  # every row of every run, with run_dir, label, subset, route added
+    rows: pd.DataFrame  # every row of every run, with run_dir, label, subset, route, route_text added
     curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns
-    run_dirs: list[Path]
+    envs: dict[Path, dict]  # each run's env.json
     out: Path
 
+    @property
+    def run_dirs(self) -> list[Path]:
+        return list(self.envs)
 
-def route(task: str, init) -> str:
-    """How an accuracy cell's weights were obtained, in words (the transfer study's routes)."""
-    init = "" if not isinstance(init, str) else init
+
+# How an accuracy cell's weights were obtained: a key the report joins on, and its text for people.
+ROUTE_TEXT = {"scratch": "from scratch", "mae-finetune": "MAE (unlabeled) -> fine-tune",
+              "supervised-finetune": "supervised on {init} -> fine-tune", "mae-probe": "MAE encoder, linear probe",
+              "supervised-probe": "{init} encoder, linear probe", "mae-pretraining": "MAE pretraining"}
+
+
+def route(task: str, init: str | None) -> str:
+    """The route key of a cell (ROUTE_TEXT)."""
+    source = "mae" if isinstance(init, str) and init.startswith("mae:") else "supervised"
     if task == "linear_probe":
-        return "MAE encoder, linear probe" if init.startswith("mae:") else f"{init} encoder, linear probe"
+        return f"{source}-probe"
     if task == "finetune":
-        if init.startswith("mae:"):
-            return "MAE (unlabeled) -> fine-tune"
-        return f"supervised on {init} -> fine-tune"
-    if task == "pretrain_mae":
-        return "MAE pretraining"
-    return "from scratch"
+        return f"{source}-finetune"
+    return "mae-pretraining" if task == "pretrain_mae" else "scratch"
 
 
 def load(run_dirs: list[Path], out: Path) -> Runs:
-    frames = []
+    frames, envs = [], {}
     for run_dir in run_dirs:
-        frame = read_results(run_dir / "results.csv")
+        frame = records_frame(read_records(run_dir))
         frame["run_dir"] = str(run_dir)
         frames.append(frame)
+        env_path = RunPaths(run_dir).env_json
+        envs[run_dir] = json.loads(env_path.read_text()) if env_path.exists() else {}
     rows = pd.concat(frames, ignore_index=True)
-    rows["device"] = rows["device"].fillna("?")
     rows["label"] = rows["model"].fillna(rows["attn_backend"])
     rows["subset"] = rows["train_size_used"] + rows["val_size"]  # images the cell drew (training + validation)
     rows["route"] = [route(t, i) for t, i in zip(rows["task"], rows["init"])]
-    rows["study"] = rows["study"].astype(object).fillna("")
-    return Runs(rows, _curves(rows, run_dirs), run_dirs, out)
+    rows["route_text"] = [ROUTE_TEXT[r].format(init=i) for r, i in zip(rows["route"], rows["init"])]
+    rows["class_subset"] = [isinstance(d, str) and d != "synthetic" and is_class_range(d) for d in rows["dataset"]]
+    return Runs(rows, _curves(rows, run_dirs), envs, out)
 
 
 def _curves(rows: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
     cells = rows.drop_duplicates("cell_id").set_index("cell_id")
     points = []
     for run_dir in run_dirs:
-        for path in sorted((run_dir / "curves").glob("*.json")):
-            if path.stem not in cells.index:
-                continue
-            for point in json.loads(path.read_text())["curve"]:
-                points.append({"cell_id": path.stem, **point})
+        for path in sorted(RunPaths(run_dir).curves_dir.glob("*.json")):
+            if path.stem in cells.index:
+                points += [{"cell_id": path.stem, **point} for point in json.loads(path.read_text())["curve"]]
     if not points:
         return pd.DataFrame()
-    columns = ["label", "family", "impl", "task", "route", "subset", "seed", "protocol", "budget", "device",
-               "dataset", "converged"]
+    columns = ["label", "family", "impl", "task", "route", "route_text", "subset", "seed", "protocol", "budget",
+               "device", "dataset", "converged"]
     return pd.DataFrame(points).join(cells[columns], on="cell_id")
+
+
+def flagged(column: pd.Series) -> pd.Series:
+    """Rows whose text flag (diverged, noisy) says something ('' and missing say nothing)."""
+    return column.notna() & (column.astype(str) != "")
 
 
 def ok_metric(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
@@ -76,8 +93,8 @@ def ok_metric(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
 
 
 def in_study(frame: pd.DataFrame, study: str) -> pd.DataFrame:
-    """Rows of cells tagged with `study` in their suite (a cell may carry several tags, ';'-separated)."""
-    return frame[np.array([study in str(tags).split(";") for tags in frame["study"]], dtype=bool)]
+    """Rows of cells tagged with `study` in their suite."""
+    return frame[np.array([study in tags for tags in frame["study"]], dtype=bool)]
 
 
 def unpaired(frame: pd.DataFrame) -> pd.DataFrame:
@@ -86,33 +103,28 @@ def unpaired(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
-    """Test accuracy (%) per curve point: mean, min, max over seeds, seeds, whether every seed converged."""
+    """Test accuracy (%) per setting, seeds pooled: mean, its 95 % t interval (low, high; the mean itself for one
+    seed), the seeds and their values, whether every seed converged; one row per value of the spec's axes (less
+    the seed) and device model. Diverged trainings are left out."""
     acc = ok_metric(rows, "accuracy", task=list(task))
+    acc = acc[~flagged(acc["diverged"])]  # a diverged training is no measurement (the failure table lists it)
     if acc.empty:
         return acc
     acc["accuracy"] = acc["value"] * 100
-    keys = ["device", "device_name", "dataset", "protocol", "budget", "task", "route", "label", "family", "impl",
-            "subset"]
-    acc[keys] = acc[keys].astype(object).fillna("")
-    summary = acc.groupby(keys).agg(mean=("accuracy", "mean"), low=("accuracy", "min"), high=("accuracy", "max"),
-                                    seeds=("seed", "nunique"),
-                                    converged=("converged", lambda c: bool(np.all(c.astype(str) == "True"))))
+    keys = [*setting_columns(), "device_name"]
+    summary = acc.groupby(keys, dropna=False, sort=False).agg(
+        mean=("accuracy", "mean"), seeds=("seed", "nunique"),
+        converged=("converged", lambda c: bool(np.all(c == True))),  # noqa: E712 - None (unknown) is not True
+        values=("accuracy", list), seed_list=("seed", list), label=("label", "first"), family=("family", "first"),
+        impl=("impl", "first"), subset=("subset", "first"), route=("route", "first"),
+        route_text=("route_text", "first"), protocol=("protocol", "first"), class_subset=("class_subset", "first"))
+    intervals = [mean_interval(values) for values in summary["values"]]  # 95 % t; a single seed has none
+    summary["low"] = [m if math.isnan(i.low) else i.low for m, i in zip(summary["mean"], intervals)]
+    summary["high"] = [m if math.isnan(i.high) else i.high for m, i in zip(summary["mean"], intervals)]
     return summary.reset_index()
 
 
 def from_scratch_on_whole_datasets(summary: pd.DataFrame) -> pd.DataFrame:
     """The data-efficiency points: models trained from scratch on a whole dataset, never on a class subset such
     as the transfer study's fashion-mnist:5-9 (a 5-class task does not answer the 10-class question)."""
-    return summary[(summary["route"] == "from scratch") & ~summary["dataset"].str.contains(":")]
-
-
-def budget_label(budget: str) -> str:
-    """'{"seconds":30.0,"evals":4}' -> '30 s'; epochs budgets -> 'up to 200 epochs, early stop'."""
-    data = json.loads(budget)
-    if "seconds" in data:
-        return f"{data['seconds']:g} s"
-    if "train_flops" in data:
-        return f"{data['train_flops']:.3g} FLOP"
-    extra = ", early stop" if data.get("patience") else ""
-    cap = f", at most {data['max_images']:,} images" if data.get("max_images") else ""
-    return f"up to {data['epochs']:g} epochs{cap}{extra}"
+    return summary[(summary["route"] == "scratch") & ~summary["class_subset"]]

@@ -1,18 +1,23 @@
-"""The task registry: each task is a pure function `run(spec, ctx) -> rows` in its own module, with the
-cross-axis rules its cells must satisfy (`check`, used by the suite validator) and how it shares a device.
+"""The task registry: each task is a pure function `run(spec, ctx) -> rows` in its own module, with the cross-axis
+rules its cells must satisfy (`check`, used by the suite validator), how it shares a device (kind), when it runs
+(stage) and which checkpoints it writes or reads (bench/tasks/common.py: Task).
 
-  kind "throughput"  the cell has its device to itself (timing, memory)
-  kind "accuracy"    small training cells may share a device (`concurrency` in the suite)
-  stage              cells of a lower stage run first (pretraining writes the checkpoints fine-tuning reads)
+AXIS_CHECKS gathers every registry's check of the values an axis may take (a model the model table can build, a
+dataset the dataset table knows, a task of this registry, ...); the suite layer applies them, so the cell spec
+(bench/spec.py) depends on no registry.
 """
 
 from __future__ import annotations
 
-from . import accuracy, attention, mae, rollout, throughput
+from .. import data, models, training
+from ..spec import choice
+from . import attention, latency, mae, rollout, supervised, throughput
 from .common import Task
 
-TASKS: dict[str, Task] = {task.name: task for task in (*throughput.TASKS, *attention.TASKS, *accuracy.TASKS,
-                                                        *mae.TASKS, *rollout.TASKS)}
+TASKS: dict[str, Task] = {task.name: task for task in (*throughput.TASKS, *latency.TASKS, *attention.TASKS,
+                                                        *supervised.TASKS, *mae.TASKS, *rollout.TASKS)}
+AXIS_CHECKS = {"task": choice(*TASKS), **models.AXIS_CHECKS, **data.AXIS_CHECKS, **training.AXIS_CHECKS,
+               **supervised.AXIS_CHECKS, **mae.AXIS_CHECKS}
 
 
 def describe_tasks() -> str:

@@ -17,10 +17,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..measure.memory import MIB, PeakMemory
 from ..measure.noise import SystemLoad, noise_columns
+from ..measure.phases import phase
 from ..measure.timing import time_steps
-from ..results import CellContext, RowMaker
+from ..paths import CellContext
+from ..precision import TORCH_DTYPES
+from ..results import RowMaker
 from ..spec import ATTENTION_BACKENDS, CellSpec, SpecError
-from .common import TORCH_DTYPES, Task, reject
+from .common import Task, reject
 
 SDPA_KERNELS = {
     "sdpa_flash": SDPBackend.FLASH_ATTENTION,
@@ -38,7 +41,8 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError("task attention needs attn_shape: [batch, heads, seq_len, head_dim]")
     if spec.attn_backend not in ATTENTION_BACKENDS:
         raise SpecError(f"attn_backend for task attention must be one of {', '.join(ATTENTION_BACKENDS)}")
-    reject(spec, "model", "budget", "recipe", "init", "train_size", "compare_to", "mae", "pool", "nproc")
+    reject(spec, "model", "budget", "recipe", "init", "train_size", "compare_to", "mae", "pool", "nproc", "engine",
+           "calls")
     return spec
 
 
@@ -85,8 +89,8 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
 
     device, dtype = spec.device, TORCH_DTYPES[spec.dtype]
     B, H, N, D = spec.attn_shape
-    rows = RowMaker(spec, ctx, attn_backend_used=spec.attn_backend, family="attention", impl=spec.attn_backend,
-                    variant=spec.column_value("attn_shape"))
+    maker = RowMaker(spec, ctx, attn_backend_used=spec.attn_backend, family="attention", impl=spec.attn_backend,
+                     variant=spec.column_value("attn_shape"))
     try:
         fn = attention_fn(spec.attn_backend, device)
         torch.manual_seed(spec.seed)
@@ -95,12 +99,14 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         out = fn(q, k, v)  # first call: compilation / autotuning; also catches "no kernel for this input"
         grads = torch.autograd.grad(out, (q, k, v), grad)
     except Unavailable as why:
-        return [rows.failure("skipped", str(why))]
+        return [maker.failure("skipped", str(why))]
     except RuntimeError as err:
         if "No available kernel" in str(err) or "not supported" in str(err).lower():
-            return [rows.failure("skipped", str(err).splitlines()[0][:300])]
+            return [maker.failure("skipped", str(err).splitlines()[0][:300])]
         raise
     max_error, grad_error = _errors_vs_reference(out, grads, q, k, v, grad)
+
+    phase("train")
 
     def forward():
         with torch.no_grad():
@@ -111,19 +117,19 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
 
     with PeakMemory(device) as mem:
         forward_backward()
-    result = [rows.row("peak_memory", mem.peak_bytes / MIB, "MiB", n_repeats=1),
-              rows.row("max_error", max_error, "abs", n_repeats=1),
-              rows.row("max_grad_error", grad_error, "abs", n_repeats=1)]
+    result = [maker.row("peak_memory", mem.peak_bytes / MIB, n_repeats=1),
+              maker.row("max_error", max_error, n_repeats=1),
+              maker.row("max_grad_error", grad_error, n_repeats=1)]
     for name, step, with_backward in (("fwd", forward, False), ("fwd_bwd", forward_backward, True)):
         with SystemLoad() as load:
             timing = time_steps(step, device=device, warmup=spec.warmup, repeats=spec.repeats, iters=spec.iters)
         t, t20, t80 = timing.spread()
-        noise = noise_columns(t20, t80, load.report, timing.host_bound)
+        noise = noise_columns(load.report, t20, t80, timing.host_bound)
         flops = attention_flops(B, H, N, D, with_backward=with_backward)
         n = len(timing.seconds)
-        result += [rows.row(f"{name}_time", t * 1e3, "ms", p20=t20 * 1e3, p80=t80 * 1e3, n_repeats=n,
+        result += [maker.row(f"{name}_time", t * 1e3, p20=t20 * 1e3, p80=t80 * 1e3, n_repeats=n,
                             samples=[s * 1e3 for s in timing.seconds], **noise),
-                   rows.row(f"{name}_tflops", flops / t / 1e12, "TFLOP/s", p20=flops / t80 / 1e12,
+                   maker.row(f"{name}_tflops", flops / t / 1e12, p20=flops / t80 / 1e12,
                             p80=flops / t20 / 1e12, n_repeats=n, **noise)]
     return result
 

@@ -1,37 +1,44 @@
-"""What several tasks share: dtypes and autocast, out-of-memory detection, and the model-cell rules."""
+"""What every task shares: its registry entry (Task), the checkpoint a task reads, out-of-memory detection, and
+the model-cell rules."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from ..models import attn_backends
-from ..results import CellContext
+from ..models import attn_backends, vit_variant
+from ..paths import CellContext
 from ..spec import CellSpec, SpecError
 
 
 @dataclass(frozen=True)
+class CheckpointRef:
+    """The checkpoint a cell reads: that of this run's `task` cell on `dataset` with the reader's model, image
+    size and seed (the suite resolves it to that cell's id, spec.init_cell)."""
+
+    task: str
+    dataset: str
+
+
+def reads_nothing(spec: CellSpec) -> CheckpointRef | None:
+    return None
+
+
+@dataclass(frozen=True)
 class Task:
-    """A registry entry (bench/tasks/__init__.py)."""
+    """A registry entry (bench/tasks/__init__.py): everything the suite, the runner and the executors need to know
+    about a task, so that none of them branches on a task's name."""
 
     name: str
-    kind: str  # throughput | accuracy
-    stage: int
+    kind: str  # throughput (the device to itself) | accuracy (may share a device)
+    stage: int  # cells of a lower stage run first (pretraining writes the checkpoints fine-tuning reads)
     check: Callable[[CellSpec], CellSpec]  # cross-axis rules; returns the (normalised) spec or raises SpecError
     run: Callable[[CellSpec, CellContext], list[dict]]
     help: str
-
-
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def autocast(device: str, dtype: str):
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=TORCH_DTYPES[dtype])
+    reads_checkpoint: Callable[[CellSpec], CheckpointRef | None] = reads_nothing
+    method_version: int = 1  # bump when a change alters what the task's numbers mean: compare refuses to pair them
 
 
 def is_oom(err: BaseException) -> bool:
@@ -52,11 +59,12 @@ def check_model_cell(spec: CellSpec) -> CellSpec:
     elif spec.attn_backend not in backends:
         raise SpecError(f"attn_backend for {spec.model} must be one of {', '.join(backends)}, got "
                         f"{spec.attn_backend!r}")
-    if spec.model.startswith(("vit:", "timm-vit:")):
+    variant = vit_variant(spec.model)
+    if variant is not None:
         from vit_impl import config_from_variant
 
         try:
-            config_from_variant(spec.model.split(":", 1)[1], img_size=spec.img_size)
+            config_from_variant(variant, img_size=spec.img_size)
         except ValueError as err:
             raise SpecError(str(err)) from None
     return spec

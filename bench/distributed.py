@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..results import CellContext
-from ..spec import CellSpec
+from .paths import CellContext
+from .spec import CellSpec
 
 
 @dataclass(frozen=True)
