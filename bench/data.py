@@ -7,14 +7,24 @@ Names: fashion-mnist, fashion-mnist:<a>-<b> (classes a..b only, relabelled 0..b-
 synthetic (random tensors: throughput and memory only).
 
 The training and test splits are loaded by separate functions: training code receives `TrainData`, which has
-no test images; `load_test` is called once, by the final evaluation (bench/tasks/accuracy.py).
+no test images; `load_test` is called once, by the final evaluation (bench/training.py: final_test).
+
+Decoded splits are cached, uncompressed, in $VITBENCH_CACHE/data (default ~/.cache/vitbench/data) and
+memory-mapped by every cell that reads them; a cache entry is keyed by a checksum of the source files (their
+bytes; an ImageFolder's names, sizes and modification times), so a changed source makes a new entry, and each
+entry's arrays are checked against their own checksums before use: a damaged entry is rebuilt, never trusted.
+Both splits of a dataset come from one place, and the files are checked against each other (shapes and counts
+from the IDX headers) before anything trains on them.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +62,8 @@ class TrainData:
     mean: tuple[float, ...]  # per-channel, in [0, 1] units
     std: tuple[float, ...]
     hflip: bool  # whether horizontal flips preserve the label
+    source: str = ""  # where the dataset was found
+    checksum: str = ""  # sha256 of the files the training split was read from
 
     @property
     def num_classes(self) -> int:
@@ -72,9 +84,11 @@ class DatasetKind:
     pattern: re.Pattern
     shape: Callable[[re.Match], tuple[int, int]]  # (in_chans, num_classes) without loading the images
     load: Callable[[re.Match, str, int], tuple[Split, tuple[str, ...]]]  # (match, split, img_size)
+    files: Callable[[re.Match, str, bool], tuple[Path, list[Path]]]  # (match, split, images only) -> (place, files)
     stats: Callable[[re.Match, Split], tuple[tuple[float, ...], tuple[float, ...]]]  # (mean, std)
     hflip: bool = True
     images: Callable[[re.Match, str, int], torch.Tensor] | None = None  # images alone, no label file opened
+    by_content: bool = True  # checksum of the files' bytes; False: of their names, sizes and modification times
 
 
 # ------------------------------------------------------------------------------------- Fashion-MNIST
@@ -103,40 +117,52 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (LeCun's MNIST format), gzipped or not -> uint8 array."""
+def read_idx(path: Path, ndim: int | None = None) -> np.ndarray:
+    """An IDX file (LeCun's MNIST format), gzipped or not -> uint8 array; `ndim` checks its header."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if ndim is not None and data[3] != ndim:
+        raise ValueError(f"{path}: an IDX file of {data[3]} dimensions, expected {ndim}")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(data[3]))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * data[3])
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path}: truncated IDX file ({array.size} values for shape {shape})")
     return array.reshape(shape)
 
 
-def _fashion_files(split: str) -> tuple[Path, Path]:
+def fashion_mnist_folder() -> Path:
+    """The first place of the search path that holds all four idx files: both splits come from one place."""
     places = fashion_mnist_search_path()
+    stems = [stem for files in FASHION_FILES.values() for stem in files]
+    partial = []
     for folder in places:
-        found = [_find_idx(folder, stem) for stem in FASHION_FILES[split]]
-        if all(found):
-            return found[0], found[1]
+        found = [stem for stem in stems if _find_idx(folder, stem)]
+        if len(found) == len(stems):
+            return folder
+        if found:
+            partial.append(f"{folder} (has only {', '.join(found)})")
     download_root = Path.home() / ".cache" / "torchvision"
     try:
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(download_root, train=split == "train", download=True)
-        folder = download_root / "FashionMNIST" / "raw"
-        return tuple(_find_idx(folder, stem) for stem in FASHION_FILES[split])
+        for train in (True, False):
+            FashionMNIST(download_root, train=train, download=True)
+        return download_root / "FashionMNIST" / "raw"
     except Exception as err:  # noqa: BLE001 - offline machines: the clear message below says what to do
         download_error = f"{type(err).__name__}: {str(err)[:200]}"
     searched = "\n".join(f"  - {p}" for p in places)
+    incomplete = (f"Skipped, incomplete (both splits must come from one place): {'; '.join(partial)}.\n"
+                  if partial else "")
     raise DataNotFoundError(
         "Fashion-MNIST not found. Searched, in order:\n"
         f"{searched}\n"
+        f"{incomplete}"
         f"and a torchvision download into {download_root} failed ({download_error}).\n"
         "Get it in one of two ways:\n"
         "  1. Debian/Ubuntu: apt-get install dataset-fashion-mnist  (files in /usr/share/datasets/fashion-mnist)\n"
@@ -145,24 +171,41 @@ def _fashion_files(split: str) -> tuple[Path, Path]:
     )
 
 
+def _fashion_files(match: re.Match, split: str, images_only: bool) -> tuple[Path, list[Path]]:
+    folder = fashion_mnist_folder()
+    stems = FASHION_FILES[split][:1] if images_only else FASHION_FILES[split]
+    return folder, [_find_idx(folder, stem) for stem in stems]
+
+
 def _class_range(match: re.Match) -> range | None:
     return range(int(match["first"]), int(match["last"]) + 1) if match["first"] else None
 
 
 def _fashion_shape(match: re.Match) -> tuple[int, int]:
     classes = _class_range(match)
-    if classes is not None and not classes:
-        raise ValueError(f"dataset {match[0]!r}: class range {match['first']}-{match['last']} is empty")
+    if classes is not None and len(classes) < 2:
+        raise ValueError(f"dataset {match[0]!r}: class range {match['first']}-{match['last']} has "
+                         f"{len(classes)} class(es); a classification task needs at least two")
     return 1, len(classes) if classes else 10
 
 
 def _fashion_images(match: re.Match, split: str, img_size: int) -> torch.Tensor:
-    return torch.from_numpy(read_idx(_fashion_files(split)[0]).copy()).unsqueeze(1)  # (N, 1, 28, 28)
+    path = _fashion_files(match, split, True)[1][0]
+    images = read_idx(path, ndim=3)
+    if images.shape[1:] != (28, 28):
+        raise ValueError(f"{path}: images of {images.shape[1]}x{images.shape[2]} pixels, expected 28x28")
+    return torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28)
 
 
 def _fashion_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
     x = _fashion_images(match, split, img_size)
-    y = torch.from_numpy(read_idx(_fashion_files(split)[1]).copy()).long()
+    images, labels = _fashion_files(match, split, False)[1]
+    y = torch.from_numpy(read_idx(labels, ndim=1).copy()).long()
+    if len(y) != len(x):
+        raise ValueError(f"{images} has {len(x)} images but {labels} has {len(y)} labels: the files do not belong "
+                         "together; get both again")
+    if len(y) and int(y.max()) >= len(FASHION_CLASSES):
+        raise ValueError(f"{labels}: label {int(y.max())} out of range (Fashion-MNIST has 10 classes)")
     classes = _class_range(match)
     if classes is None:
         return Split(x, y), FASHION_CLASSES
@@ -179,17 +222,28 @@ def _cifar_class(match: re.Match):
     return CIFAR10 if match[0] == "cifar10" else CIFAR100
 
 
-def _cifar_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
+def _cifar_root(match: re.Match) -> Path:
     cls = _cifar_class(match)
     for root in _torchvision_roots():
         if (root / cls.base_folder).is_dir():
-            data = cls(str(root), train=split == "train", download=False)
-            x = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
-            return Split(x, torch.tensor(data.targets)), tuple(data.classes)
+            return root
     searched = ", ".join(str(r / cls.base_folder) for r in _torchvision_roots())
     raise DataNotFoundError(f"{match[0]} not found (searched {searched}); download it with torchvision "
                             f"(torchvision.datasets.{cls.__name__}(root, download=True)) into one of those "
                             "roots, or set VITBENCH_DATA to the root that holds it")
+
+
+def _cifar_files(match: re.Match, split: str, images_only: bool) -> tuple[Path, list[Path]]:
+    cls = _cifar_class(match)
+    folder = _cifar_root(match) / cls.base_folder
+    names = [name for name, _ in (cls.train_list if split == "train" else cls.test_list)] + [cls.meta["filename"]]
+    return folder, [folder / name for name in names]
+
+
+def _cifar_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
+    data = _cifar_class(match)(str(_cifar_root(match)), train=split == "train", download=False)
+    x = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+    return Split(x, torch.tensor(data.targets)), tuple(data.classes)
 
 
 def _imagefolder_split(root: Path, split: str) -> Path:
@@ -203,6 +257,11 @@ def _imagefolder_split(root: Path, split: str) -> Path:
 def _imagefolder_shape(match: re.Match) -> tuple[int, int]:
     root = _imagefolder_split(Path(match["path"]), "train")
     return 3, len([d for d in root.iterdir() if d.is_dir()])
+
+
+def _imagefolder_files(match: re.Match, split: str, images_only: bool) -> tuple[Path, list[Path]]:
+    folder = _imagefolder_split(Path(match["path"]), split)
+    return Path(match["path"]), sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 def _imagefolder_load(match: re.Match, split: str, img_size: int) -> tuple[Split, tuple[str, ...]]:
@@ -232,13 +291,14 @@ def _fixed_stats(mean, std):
 
 DATASETS: tuple[DatasetKind, ...] = (
     DatasetKind("fashion-mnist[:<first>-<last>]", re.compile(r"fashion-mnist(:(?P<first>\d)-(?P<last>\d))?"),
-                _fashion_shape, _fashion_load, _fixed_stats((0.2860,), (0.3530,)), images=_fashion_images),
-    DatasetKind("cifar10", re.compile("cifar10"), lambda m: (3, 10), _cifar_load,
+                _fashion_shape, _fashion_load, _fashion_files, _fixed_stats((0.2860,), (0.3530,)),
+                images=_fashion_images),
+    DatasetKind("cifar10", re.compile("cifar10"), lambda m: (3, 10), _cifar_load, _cifar_files,
                 _fixed_stats((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
-    DatasetKind("cifar100", re.compile("cifar100"), lambda m: (3, 100), _cifar_load,
+    DatasetKind("cifar100", re.compile("cifar100"), lambda m: (3, 100), _cifar_load, _cifar_files,
                 _fixed_stats((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
     DatasetKind("imagefolder:<path>", re.compile(r"imagefolder:(?P<path>.+)"), _imagefolder_shape,
-                _imagefolder_load, _measured_stats),
+                _imagefolder_load, _imagefolder_files, _measured_stats, by_content=False),
 )
 SYNTHETIC = "synthetic"
 DATASET_FORMS = ", ".join([SYNTHETIC] + [d.form for d in DATASETS])
@@ -278,14 +338,93 @@ def input_shape(dataset: str, in_chans: int, num_classes: int) -> tuple[int, int
     return kind.shape(match)
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("VITBENCH_CACHE") or Path.home() / ".cache" / "vitbench") / "data"
+
+
+def _sha256(paths: list[Path], by_content: bool = True) -> str:
+    """Of the files' bytes, or (by_content False) of their names, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update("/".join(path.parts[-2:]).encode())  # where a file sits in its dataset, not on this machine
+        if by_content:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            stat = path.stat()
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _save_array(path: Path, array: np.ndarray) -> str:
+    """np.save, atomically (a temp file renamed over the target); the file's sha256."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_cache(entry: Path) -> tuple[Split, tuple[str, ...]]:
+    """A cache entry, memory-mapped (copy on write) after its arrays matched their checksums; ValueError when
+    missing or damaged."""
+    meta = json.loads(entry.with_suffix(".json").read_text())
+    arrays = {}
+    for name, digest in meta["sha256"].items():
+        path = entry.with_suffix(f".{name}.npy")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise ValueError(f"{path}: checksum mismatch")
+        arrays[name] = torch.from_numpy(np.load(path, mmap_mode="c"))
+    return Split(arrays["x"], arrays.get("y")), tuple(meta["classes"])
+
+
+def _write_cache(entry: Path, split: Split, classes: tuple[str, ...], sources: list[Path]) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"x": split.x.numpy()} if split.y is None else {"x": split.x.numpy(), "y": split.y.numpy()}
+    digests = {name: _save_array(entry.with_suffix(f".{name}.npy"), array) for name, array in arrays.items()}
+    meta = json.dumps({"sha256": digests, "classes": list(classes), "sources": [str(p) for p in sources]})
+    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".meta.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(meta)
+    os.replace(tmp, entry.with_suffix(".json"))  # last: an entry without its meta is not an entry
+
+
+def _decoded(name: str, split: str, img_size: int, images_only: bool = False) -> tuple[Split, tuple[str, ...], str,
+                                                                                       str]:
+    """(split, classes, where it was found, checksum of its source files), from the cache when it holds them."""
+    kind, match = _kind(name)
+    place, sources = kind.files(match, split, images_only)
+    checksum = _sha256(sources, kind.by_content)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:80]
+    entry = cache_dir() / f"{slug}-{split}{'-images' if images_only else ''}-{img_size}px-{checksum[:16]}"
+    try:
+        return (*_read_cache(entry), str(place), checksum)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not cached yet, or damaged: decode again
+    if images_only:
+        loaded = Split(kind.images(match, split, img_size), None), ()
+    else:
+        loaded = kind.load(match, split, img_size)
+    try:
+        _write_cache(entry, *loaded, sources)
+    except OSError:
+        pass  # a read-only or full cache folder costs speed, not correctness
+    return (*loaded, str(place), checksum)
+
+
 def load_train(name: str, img_size: int) -> TrainData:
     """The training split of a real dataset (CPU tensors; call .to(device))."""
     if name == SYNTHETIC:
         raise ValueError("synthetic data is for throughput and memory only, never for accuracy")
     kind, match = _kind(name)
-    train, classes = kind.load(match, "train", img_size)
+    train, classes, place, checksum = _decoded(name, "train", img_size)
     mean, std = kind.stats(match, train)
-    return TrainData(name, train, classes, mean, std, kind.hflip)
+    return TrainData(name, train, classes, mean, std, kind.hflip, place, checksum)
 
 
 def is_class_range(name: str) -> bool:
@@ -306,16 +445,15 @@ def load_unlabeled(name: str, img_size: int, split: str = "train") -> TrainData:
         raise ValueError(f"dataset {name!r}: a class range is chosen by labels; unlabeled pretraining takes a "
                          "whole dataset")
     kind, match = _kind(name)
-    x = kind.images(match, split, img_size) if kind.images else kind.load(match, split, img_size)[0].x
-    images = Split(x, None)
+    images, _, place, checksum = _decoded(name, split, img_size, images_only=kind.images is not None)
+    images = Split(images.x, None)
     mean, std = kind.stats(match, images)
-    return TrainData(name, images, (), mean, std, kind.hflip)
+    return TrainData(name, images, (), mean, std, kind.hflip, place, checksum)
 
 
 def load_test(name: str, img_size: int) -> Split:
     """The test split: read once, by the final evaluation of an accuracy cell, after training."""
-    kind, match = _kind(name)
-    return kind.load(match, "test", img_size)[0]
+    return _decoded(name, "test", img_size)[0]
 
 
 # ---------------------------------------------------------------------------------------------- subsets
@@ -343,13 +481,19 @@ def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torc
 def train_val_split(labels: torch.Tensor, subset: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor,
                                                                                             torch.Tensor]:
     """Carve a stratified validation split from a subset (indices in subset order): the last
-    round(val_fraction * n_c) images of each class c, at least one where the class has two or more.
-    Returns (train indices, validation indices), disjoint, together the subset."""
+    round(val_fraction * n_c) images of each class c, at least one. Returns (train indices, validation indices),
+    disjoint, together the subset. A class with fewer than two images in the subset cannot give both a training
+    and a validation image: ValueError (the suite refuses train sizes below two images per class)."""
     sub_labels = labels.cpu()[subset.cpu()]
+    counts = torch.bincount(sub_labels)
+    short = [c for c, n in enumerate(counts.tolist()) if n < 2]
+    if short:
+        raise ValueError(f"{len(subset)} training images leave class(es) {short} with fewer than 2 images: no "
+                         "validation image for them; use a larger train_size")
     is_val = torch.zeros(len(subset), dtype=torch.bool)
     for c in sub_labels.unique():
         members = (sub_labels == c).nonzero().squeeze(1)  # positions in subset order
-        n_val = max(1, round(val_fraction * len(members))) if len(members) >= 2 else 0
+        n_val = max(1, round(val_fraction * len(members)))
         is_val[members[len(members) - n_val:]] = True
     return subset[~is_val.to(subset.device)], subset[is_val.to(subset.device)]
 
@@ -393,3 +537,6 @@ class DeviceAugment:
         batch = torch.arange(B, device=x.device)[:, None, None]
         crops = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, H, W, C)
         return self.normalise(crops.permute(0, 3, 1, 2))
+
+
+AXIS_CHECKS = {"dataset": normalise_dataset_name}  # applied by the suite layer to the `dataset` axis

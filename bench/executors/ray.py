@@ -20,21 +20,41 @@ import socket
 import tempfile
 from pathlib import Path
 
-from ..results import CellContext, RowMaker
+from ..paths import CellContext, RunPaths
+from ..results import RowMaker
 from ..spec import CellSpec
 from ..tasks import TASKS
-from .local import OnDone, OnStart, by_stage, run_cell_process
+from .local import OnDone, OnStart, by_stage
+from .process import run_cell_process
 
-SHIPPED = ("curves", "artifacts", "checkpoints", "logs")  # what a task hands back to the driver
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached; one line."""
 
 
 def _import_ray():
     try:
         import ray
     except ImportError:
-        raise RuntimeError("the ray executor needs Ray: pip install 'vitbench[ray]' (or bash tools/install.sh with "
-                           "VITBENCH_EXTRAS=test,ray)") from None
+        raise RayUnavailable("the ray executor needs Ray: pip install 'vitbench[ray]' (or bash tools/install.sh "
+                             "with VITBENCH_EXTRAS=test,ray)") from None
     return ray
+
+
+def check_cluster(address: str | None, timeout_s: float = 5.0) -> None:
+    """Before a run dir is touched: Ray is importable and, for --address HOST:PORT, something listens there (one
+    bounded connection attempt, instead of Ray's own retries)."""
+    _import_ray()
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise RayUnavailable(f"--address {address!r}: expected auto or HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise RayUnavailable(f"--address {address}: no Ray cluster answers there ({err.strerror or err}); start one "
+                             "with `ray start --head` or drop --address for a local instance") from None
 
 
 def _files(root: Path, folders: tuple[str, ...]) -> dict[str, bytes]:
@@ -58,7 +78,7 @@ def cell_task(spec_dict: dict, ctx_dict: dict, inputs: dict[str, bytes], timeout
         ctx = CellContext(**{**ctx_dict, "run_dir": scratch, "placement": placement})
         board.started.remote(spec.cell_id, placement, os.getpid())
         rows = run_cell_process(spec, ctx, timeout_s)
-        outputs = {k: v for k, v in _files(scratch, SHIPPED).items() if k not in inputs}
+        outputs = {k: v for k, v in _files(scratch, RunPaths.SHIPPED).items() if k not in inputs}
         return rows, outputs
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -92,10 +112,12 @@ class RayExecutor:
         return {"num_cpus": node_cpus if alone else max(1.0, node_cpus / self.concurrency)}
 
     def _inputs(self, cell: CellSpec) -> dict[str, bytes]:
-        """The pretraining checkpoints of this run that a fine-tune, probe or rollout cell may read."""
-        if cell.task not in ("finetune", "linear_probe", "rollout"):
+        """The checkpoint of this run that the cell reads, if any."""
+        if cell.init_cell is None:
             return {}
-        return _files(self.run_dir, ("checkpoints",))
+        paths = RunPaths(self.run_dir)
+        path = paths.checkpoint(cell.init_cell)
+        return {paths.relative(path): path.read_bytes()} if path.is_file() else {}
 
     def run(self, cells: list[CellSpec], on_start: OnStart, on_done: OnDone) -> None:
         ray = _import_ray()
@@ -118,6 +140,15 @@ class RayExecutor:
             cell.to_dict(), {**ctx, "concurrency": 1 if TASKS[cell.task].kind == "throughput" else self.concurrency},
             self._inputs(cell), self.timeout_s, board): cell for cell in cells}
         by_id = {cell.cell_id: cell for cell in cells}
+        try:
+            self._collect(ray, board, pending, by_id, on_start, on_done)
+        except BaseException:  # the runner stops: no cell of this run keeps running on the cluster
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def _collect(self, ray, board, pending: dict, by_id: dict, on_start: OnStart, on_done: OnDone) -> None:
+        paths = RunPaths(self.run_dir)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for cell_id, placement, pid in ray.get(board.drain.remote()):
@@ -132,6 +163,7 @@ class RayExecutor:
                     rows, outputs = [RowMaker(cell, self.ctx).failure("killed", f"Ray lost the cell: "
                                                                               f"{type(err).__name__}: {reason}")], {}
                 for name, data in outputs.items():
-                    (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                    (self.run_dir / name).write_bytes(data)
+                    path = paths.inside(name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
                 on_done(cell, rows)

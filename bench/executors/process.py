@@ -1,0 +1,195 @@
+"""One cell in its own process: how it starts, how it is stopped, and how its end becomes a status.
+
+Start (`start`):
+  warm   the default: the cell is forked from a long-lived parent that has already imported torch, timm,
+         torchvision and every task (multiprocessing's forkserver with those modules preloaded), so it pays no
+         import. Nothing in that parent touches threads, CUDA or Triton (importing them starts none): CUDA is
+         initialised in the cell only.
+  fresh  a new interpreter per cell (`python -m bench.cell`): the slow reference (tools/cell_overhead.py).
+Either way the cell is in its own process group, dies with its parent (PR_SET_PDEATHSIG; the warm parent exits
+when the runner does, so a runner killed with SIGKILL takes its cells along), and writes its output to
+logs/<cell_id>.log. A timeout, or the runner stopping (Ctrl-C, SIGTERM), kills the cell's whole process group,
+data-parallel ranks included.
+
+End: the rows the cell wrote; or a failure row saying how the process ended: `timeout`, `killed` (a signal, with
+its number; `oom` when the kernel's OOM-kill counter rose meanwhile), `error` (an exit code, with the log's
+tail). A cell that could not write its results for lack of disk space raises CellEnvironmentError instead: that
+is not a result, and the runner stops.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .. import cell as cell_entry
+from ..cell import EXIT_NO_SPACE, die_with_parent
+from ..paths import CellContext
+from ..results import RowMaker, check_rows, write_atomic
+from ..spec import CellSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+PRELOAD = ["bench.cell", "timm", "timm.models.vision_transformer", "torchvision"]
+STARTS = ("warm", "fresh")
+
+
+class CellEnvironmentError(RuntimeError):
+    """A cell that failed because of the machine (no disk space), not because of what it measures."""
+
+
+class CellGroups:
+    """The process groups of the running cells, so that a stopping runner kills every one of them (and a cell
+    that starts after the stop is killed at once)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pids: set[int] = set()
+        self.stopped = False
+
+    def add(self, pid: int) -> None:
+        with self._lock:
+            self._pids.add(pid)
+            if self.stopped:
+                kill_group(pid)
+
+    def discard(self, pid: int) -> None:
+        with self._lock:
+            self._pids.discard(pid)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            for pid in self._pids:
+                kill_group(pid)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group a cell leads (the cell and anything it started), or the cell alone if it has
+    not made its group yet."""
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def oom_kills() -> int | None:
+    """The kernel's count of OOM kills since boot (/proc/vmstat), None where unknown."""
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def signal_status(sig: int, oom_before: int | None) -> tuple[str, str]:
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    after = oom_kills()
+    if sig == signal.SIGKILL and oom_before is not None and after is not None and after > oom_before:
+        return "oom", f"cell process killed by the kernel's out-of-memory killer ({name})"
+    return "killed", f"cell process killed by signal {sig} ({name})"
+
+
+_WARM = None
+_WARM_LOCK = threading.Lock()
+
+
+def warm_parent() -> multiprocessing.context.BaseContext:
+    """The forkserver context whose server has imported PRELOAD (started once per runner process, at the first
+    cell; it exits with the runner)."""
+    global _WARM
+    with _WARM_LOCK:
+        if _WARM is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(PRELOAD)
+            _WARM = context
+        return _WARM
+
+
+class _Process:
+    """A started cell process, warm or fresh, seen through one interface."""
+
+    def __init__(self, start: str, job: Path, rows: Path, log: Path, env: dict[str, str]):
+        if start == "warm":
+            self._proc = warm_parent().Process(target=cell_entry.child_main, args=(str(job), str(rows), str(log), env),
+                                               name=f"vitbench-cell-{job.name}")
+            self._proc.start()
+            self.pid = self._proc.pid
+        else:
+            with open(log, "w") as out:
+                self._proc = subprocess.Popen([sys.executable, "-m", "bench.cell", str(job), str(rows)], stdout=out,
+                                              stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=REPO_ROOT,
+                                              start_new_session=True, preexec_fn=die_with_parent)
+            self.pid = self._proc.pid
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit code (negative: the signal), None on timeout."""
+        if isinstance(self._proc, subprocess.Popen):
+            try:
+                return self._proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        self._proc.join(timeout)
+        return self._proc.exitcode
+
+    def reap(self) -> None:
+        if isinstance(self._proc, subprocess.Popen):
+            self._proc.wait()
+        else:
+            self._proc.join()
+
+
+def run_cell_process(cell: CellSpec, ctx: CellContext, timeout_s: int, env_extra: dict[str, str] | None = None,
+                     groups: CellGroups | None = None, start: str = "warm") -> list[dict]:
+    """Run one cell in its own process writing into ctx.run_dir; its rows, or a failure row saying how the
+    process ended. `groups` holds the running process, for whoever may have to stop it."""
+    paths = ctx.paths
+    job_path, rows_path, log_path = paths.job(cell.cell_id), paths.rows(cell.cell_id), paths.log(cell.cell_id)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    rows_path.unlink(missing_ok=True)
+    launched = time.time()
+    write_atomic(job_path, json.dumps({"spec": cell.to_dict(), "context": ctx.to_dict(), "launched": launched}))
+    env = {"PYTHONUNBUFFERED": "1", "TRITON_CACHE_DIR": str(paths.cache_dir / "triton"),
+           "TRITON_CACHE_AUTOTUNING": "1", "TORCHINDUCTOR_CACHE_DIR": str(paths.cache_dir / "inductor"),
+           **(env_extra or {})}
+    groups = groups if groups is not None else CellGroups()
+    oom_before = oom_kills()
+    proc = _Process(start, job_path, rows_path, log_path, env)
+    groups.add(proc.pid)
+    try:
+        returncode = proc.wait(timeout_s)
+    finally:
+        kill_group(proc.pid)  # the cell and anything it left behind
+        proc.reap()
+        groups.discard(proc.pid)
+    wall = time.time() - launched
+    job_path.unlink(missing_ok=True)
+    maker = RowMaker(cell, ctx).set(cell_wall_s=round(wall, 3))
+    if returncode is None:
+        return [maker.failure("timeout", f"cell exceeded timeout_s={timeout_s}s")]
+    tail = log_path.read_text(errors="replace")[-1500:].strip().replace("\n", " | ")
+    if returncode == EXIT_NO_SPACE:
+        raise CellEnvironmentError(f"cell {cell.cell_id} could not write its results: no space left on the device "
+                                   f"({tail[-300:]})")
+    if returncode == 0 and rows_path.exists():
+        try:
+            rows = check_rows(cell, json.loads(rows_path.read_text()))
+        except (ValueError, KeyError, TypeError) as err:
+            return [maker.failure("error", f"cell wrote unreadable rows ({err}); log tail: {tail}")]
+        finally:
+            rows_path.unlink()
+        return [{**row, "cell_wall_s": round(wall, 3)} for row in rows]
+    if returncode < 0:
+        status, reason = signal_status(-returncode, oom_before)
+        return [maker.failure(status, f"{reason}; log tail: {tail}")]
+    return [maker.failure("error", f"cell process exited with {returncode}; log tail: {tail}")]
