@@ -1,97 +1,175 @@
-"""python -m bench compare RUN_A RUN_B: run B against run A, cell by cell (as asv's compare and
+"""python -m bench compare RUN_A RUN_B: run B against run A, setting by setting (as asv's compare and
 pytest-benchmark's --benchmark-compare-fail do).
 
-Cells are matched by their settings (the requested columns, seeds pooled), not by run or cell id, so two runs of a
-suite, or two suites sharing cells, compare. For each matched metric: B/A, each run's noise interval (p20-p80 of
-the repeats; min-max over seeds for accuracy), and whether the difference is beyond the noise of either run (the
-intervals do not overlap). A regression is a change in the bad direction beyond the noise; with --fail-above R,
-one larger than R (B/A for lower-is-better metrics, A/B for higher-is-better) exits 1. Runs on different devices
-(device_name) are refused unless --allow-different-devices.
+Settings are matched by the cell spec's identity axes (bench/results.py: setting_columns; seeds pooled), not by
+run or cell id, so two runs of a suite, or two suites sharing cells, compare. Both runs are joined outer: a
+setting or a metric measured on one side only is listed as such, never dropped. Per setting, the worst status of
+its cells: a setting that was ok in A and failed in B (oom, error, timeout, killed, skipped) is a regression
+listed with its status, the reverse an improvement. Per metric, B/A and a verdict:
+  regression / improvement  the change is beyond the noise, in the metric's bad / good direction (its registered
+                            direction, bench/results.py: METRICS); metrics without a direction say "changed"
+  within noise              timings: the p20-p80 intervals of the two runs overlap; accuracy metrics: the 95%
+                            interval of B - A over seeds (Welch t) includes 0, or one side has a single seed (no
+                            interval), the report's rule
+  not comparable            the task's measurement method changed between the runs (method_version)
+With --fail-above (one factor for every metric, or per metric: throughput:1.1,accuracy:1.02) the command exits 1
+when a metric regressed by more than its factor (B/A for lower-is-better metrics, A/B for higher-is-better), or
+when a setting stopped being ok. Runs on different devices (device_name) are refused unless
+--allow-different-devices.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .results import read_results
+from .results import METRICS, STATUSES, read_records, rows_frame, setting_columns
+from .stats import difference_interval
 
-HIGHER_IS_BETTER = {"throughput", "achieved_tflops", "mfu", "accuracy", "val_accuracy", "fwd_tflops",
-                    "fwd_bwd_tflops", "throughput_ratio"}
-LOWER_IS_BETTER = {"step_time", "peak_memory", "model_memory", "fwd_time", "fwd_bwd_time", "test_loss",
-                   "energy_per_image", "max_error", "max_grad_error", "recon_loss"}
-SETTINGS = ["model", "task", "batch_size", "img_size", "dtype", "attn_backend", "compile", "dataset", "train_size",
-            "in_chans", "num_classes", "attn_shape", "budget", "recipe", "init", "mae", "pool", "compare_to",
-            "paired_with", "device", "metric"]
+FAILED = ("oom", "timeout", "killed", "error", "skipped")  # a setting in one of these is not ok
 
 
 class CompareError(ValueError):
-    """Runs that cannot be compared; one line."""
+    """Runs that cannot be compared, or a bad argument; one line."""
+
+
+def parse_thresholds(text: str) -> dict[str | None, float]:
+    """'1.1' -> {None: 1.1} (every metric); 'throughput:1.1,accuracy:1.02' -> per metric. A factor is a finite
+    number >= 1 (1.1 = 10% worse); a metric must be registered."""
+    out: dict[str | None, float] = {}
+    for part in text.split(","):
+        name, _, factor = part.rpartition(":")
+        name = name.strip() or None
+        if name is not None and name not in METRICS:
+            raise CompareError(f"--fail-above: unknown metric {name!r}; registered: {', '.join(METRICS)}")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 1:
+            raise CompareError(f"--fail-above: expected a factor >= 1 (1.1 = 10% worse), got {factor.strip()!r}")
+        out[name] = value
+    return out
 
 
 @dataclass
 class Comparison:
-    table: pd.DataFrame  # one row per matched (settings, metric)
-    regressions: pd.DataFrame  # the rows beyond --fail-above
+    table: pd.DataFrame  # one row per matched (setting, metric), plus one per setting whose status changed
+    failures: pd.DataFrame  # the rows beyond --fail-above, and the settings that stopped being ok
+
+
+def _frame(run: Path) -> pd.DataFrame:
+    records = read_records(run)
+    frame = rows_frame([row for record in records for row in record.rows])
+    keys = [*setting_columns(), "paired_with"]
+    frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "")
+    return frame
+
+
+def _statuses(frame: pd.DataFrame) -> pd.Series:
+    """The worst status of each setting's cells."""
+    rank = {status: i for i, status in enumerate(STATUSES)}  # ok first, error last
+    cells = frame.drop_duplicates("cell_id")
+    return cells.groupby(setting_columns(), sort=False)["status"].agg(lambda s: max(s, key=rank.__getitem__))
 
 
 def _summarise(frame: pd.DataFrame) -> pd.DataFrame:
-    ok = frame[(frame["status"] == "ok") & frame["metric"].isin(HIGHER_IS_BETTER | LOWER_IS_BETTER)].copy()
-    ok[SETTINGS] = ok[SETTINGS].astype(object).fillna("")
+    ok = frame[(frame["status"] == "ok")].copy()
     ok["low"] = ok["p20"].fillna(ok["value"])
     ok["high"] = ok["p80"].fillna(ok["value"])
-    return ok.groupby(SETTINGS).agg(value=("value", "median"), low=("low", "min"), high=("high", "max"),
-                                    n=("value", "size")).reset_index()
+    keys = [*setting_columns(), "paired_with", "metric"]
+    return ok.groupby(keys, sort=False).agg(
+        value=("value", "median"), low=("low", "min"), high=("high", "max"), n=("value", "size"),
+        values=("value", list), method=("method_version", "max")).reset_index()
 
 
-def compare(run_a: Path, run_b: Path, fail_above: float | None = None, allow_different_devices: bool = False,
-            metrics: list[str] | None = None) -> Comparison:
-    a, b = read_results(Path(run_a) / "results.csv"), read_results(Path(run_b) / "results.csv")
+def _verdict(r: pd.Series) -> str:
+    if pd.isna(r["value_a"]) or pd.isna(r["value_b"]):
+        return "only in A" if pd.isna(r["value_b"]) else "only in B"
+    if r["method_a"] != r["method_b"] and not (pd.isna(r["method_a"]) and pd.isna(r["method_b"])):
+        return f"not comparable (method version {r['method_a']:g} -> {r['method_b']:g})"
+    if METRICS[r["metric"]].group == "accuracy":  # seeds: shown only when B - A's interval excludes 0 (1 seed: never)
+        beyond = difference_interval(r["values_b"], r["values_a"], paired=False).shown
+    else:
+        beyond = r["low_b"] > r["high_a"] or r["high_b"] < r["low_a"]
+    if not beyond:
+        return "within noise"
+    direction = METRICS[r["metric"]].direction
+    if direction == "neither":
+        return "changed"
+    better = (r["value_b"] > r["value_a"]) == (direction == "higher")
+    return "improvement" if better else "regression"
+
+
+def compare(run_a: Path, run_b: Path, fail_above: dict[str | None, float] | None = None,
+            allow_different_devices: bool = False, metrics: list[str] | None = None) -> Comparison:
+    a, b = _frame(Path(run_a)), _frame(Path(run_b))
     devices = [set(f["device_name"].dropna()) for f in (a, b)]
     if devices[0] != devices[1] and not allow_different_devices:
         raise CompareError(f"{run_a} ran on {sorted(devices[0]) or '?'}, {run_b} on {sorted(devices[1]) or '?'}: "
                            "timings of different devices are not comparable (pass --allow-different-devices to "
                            "compare anyway)")
-    merged = _summarise(a).merge(_summarise(b), on=SETTINGS, suffixes=("_a", "_b"))
+    unknown = sorted(set(metrics or ()) - set(METRICS))
+    if unknown:
+        raise CompareError(f"--metrics: unknown metric(s) {', '.join(unknown)}; registered: {', '.join(METRICS)}")
+    keys = [*setting_columns(), "paired_with", "metric"]
+    merged = _summarise(a).merge(_summarise(b), on=keys, how="outer", suffixes=("_a", "_b"))
     if metrics:
         merged = merged[merged["metric"].isin(metrics)]
-    if merged.empty:
-        raise CompareError(f"{run_a} and {run_b} share no cell settings with a comparable metric")
     merged["ratio"] = merged["value_b"] / merged["value_a"]
-    merged["beyond_noise"] = (merged["low_b"] > merged["high_a"]) | (merged["high_b"] < merged["low_a"])
-    worse = np.where(merged["metric"].isin(HIGHER_IS_BETTER), 1 / merged["ratio"], merged["ratio"])
-    merged["worse_by"] = worse
-    merged["verdict"] = np.select(
-        [~merged["beyond_noise"], worse > 1], ["within noise", "regression"], "improvement")
-    merged = merged.reindex(merged["ratio"].map(lambda r: -abs(np.log(r))).sort_values().index)
-    regressions = merged.iloc[0:0]
+    merged["verdict"] = [_verdict(r) for _, r in merged.iterrows()] if len(merged) else []
+    higher = merged["metric"].map(lambda m: METRICS[m].direction == "higher").astype(bool)
+    merged["worse_by"] = np.where(higher, 1 / merged["ratio"], merged["ratio"])
+
+    statuses = pd.concat([_statuses(a).rename("status_a"), _statuses(b).rename("status_b")], axis=1)
+    changed = statuses[statuses["status_a"].fillna("") != statuses["status_b"].fillna("")].reset_index()
+    changed = changed[changed["status_a"].notna() & changed["status_b"].notna()]  # one-sided ones: see metrics
+    changed["metric"] = "status"
+    changed["verdict"] = [f"{'regression' if sb in FAILED else 'improvement'} ({sa} -> {sb})"
+                          for sa, sb in zip(changed["status_a"], changed["status_b"])]
+    table = pd.concat([changed, merged], ignore_index=True)
+    table = table.reindex(table["ratio"].map(lambda r: -abs(np.log(r)) if r and np.isfinite(r) else 0.0)
+                          .sort_values(kind="stable").index)
+    failures = table.iloc[0:0]
     if fail_above is not None:
-        regressions = merged[(merged["verdict"] == "regression") & (merged["worse_by"] > fail_above)]
-    return Comparison(merged, regressions)
+        limit = table["metric"].map(lambda m: fail_above.get(m, fail_above.get(None, math.inf)))
+        too_slow = (table["verdict"] == "regression") & (table["worse_by"] > limit)
+        failures = table[too_slow | table["verdict"].str.startswith("regression (")]
+    return Comparison(table, failures)
+
+
+def _what(t: pd.DataFrame) -> pd.Series:
+    shape = t["attn_shape"].astype(str)
+    what = t["model"].where(t["model"] != "", "attention " + t["attn_backend"] + " " + shape)
+    size = np.where(t["train_size"].astype(str) != "", " n=" + t["train_size"].astype(str), "")
+    return what + " " + t["task"] + " bs" + t["batch_size"].astype(str) + " " + t["img_size"].astype(str) + "px" + size
 
 
 def format_table(comparison: Comparison, limit: int = 60) -> str:
     t = comparison.table
-    what = t["model"].where(t["model"] != "", "attention " + t["attn_backend"] + " " + t["attn_shape"])
+    if t.empty:
+        return "no settings or metrics in either run"
+    number = lambda v: "" if pd.isna(v) else f"{v:.4g}"  # noqa: E731
+    noise = lambda lo, hi: "" if pd.isna(lo) else f"[{lo:.4g}, {hi:.4g}]"  # noqa: E731
     shown = pd.DataFrame({
-        "cell": what + " " + t["task"] + " bs" + t["batch_size"].astype(str) + " " + t["img_size"].astype(str) + "px"
-        + np.where(t["train_size"].astype(str) != "", " n=" + t["train_size"].astype(str), ""),
-        "metric": t["metric"], "A": t["value_a"].map("{:.4g}".format), "B": t["value_b"].map("{:.4g}".format),
-        "B/A": t["ratio"].map("{:.3f}".format),
-        "A noise": [f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(t["low_a"], t["high_a"])],
-        "B noise": [f"[{lo:.4g}, {hi:.4g}]" for lo, hi in zip(t["low_b"], t["high_b"])],
-        "verdict": t["verdict"]})
+        "setting": _what(t), "metric": t["metric"],
+        "A": [s if m == "status" else number(v) for m, s, v in zip(t["metric"], t["status_a"], t["value_a"])],
+        "B": [s if m == "status" else number(v) for m, s, v in zip(t["metric"], t["status_b"], t["value_b"])],
+        "B/A": t["ratio"].map(number), "A noise": [noise(lo, hi) for lo, hi in zip(t["low_a"], t["high_a"])],
+        "B noise": [noise(lo, hi) for lo, hi in zip(t["low_b"], t["high_b"])], "verdict": t["verdict"]})
     text = shown.head(limit).to_markdown(index=False)
     if len(shown) > limit:
         text += f"\n... {len(shown) - limit} more (--out writes them all)"
-    counts = t["verdict"].value_counts()
-    text += "\n\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({len(t)} matched metrics)"
-    if len(comparison.regressions):
-        text += (f"\nFAIL: {len(comparison.regressions)} regression(s) beyond the threshold: "
-                 + "; ".join(f"{m} of {c} worse by {w:.2f}x" for m, c, w in
-                             zip(comparison.regressions["metric"], what[comparison.regressions.index],
-                                 comparison.regressions["worse_by"])))
+    counts = t["verdict"].str.replace(r" \(.*", "", regex=True).value_counts()
+    text += "\n\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({len(t)} rows)"
+    failures = comparison.failures
+    if len(failures):
+        text += (f"\nFAIL: {len(failures)} regression(s) beyond the threshold or settings no longer ok: "
+                 + "; ".join(f"{m} of {w}: {v}" + (f", worse by {x:.2f}x" if m != "status" else "")
+                             for m, w, v, x in zip(failures["metric"], _what(failures), failures["verdict"],
+                                                   failures["worse_by"])))
     return text

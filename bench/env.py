@@ -80,6 +80,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version (nvidia-smi), None without one."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True, timeout=30).stdout
+        return out.splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+# What a run dir's cells must share to be one measurement: resuming with any of these changed is refused.
+ENVIRONMENT_KEYS = ("python", "torch", "timm", "triton", "cuda", "nvidia_driver", "device_name", "cpu")
+
+
 def device_name(device: str) -> str:
     return gpu_name() if device == "cuda" else cpu_name()
 
@@ -131,6 +148,7 @@ def collect_env(device: str, command: list[str], suite_text: str) -> dict:
         "usable_cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
+        "nvidia_driver": nvidia_driver(),
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpu_count": torch.cuda.device_count() if cuda else 0,
         "matmul_policy": apply_matmul_policy(),

@@ -1,12 +1,17 @@
 """Runs a suite into a run dir: lock it, skip finished cells, hand the rest to an executor, record each cell's
-rows as it finishes (bench/rundir.py), then summarise, with one warning line for suspicious timings.
+rows as it finishes (bench/rundir.py), then summarise: the headline metrics, where the time went, and one
+warning line for suspicious timings.
 
 A failed cell is a row (status oom | timeout | killed | error), and the run goes on. The driver is the only
-writer of the run dir, whichever executor runs the cells.
+writer of the run dir, whichever executor runs the cells. Ctrl-C, SIGTERM or SIGHUP stop the run at once: no
+queued cell starts, the running ones are killed with everything they started, nothing half-done is recorded,
+the lock is released (KeyboardInterrupt or Stopped reaches the caller).
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 from collections import Counter
@@ -15,9 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import CellContext, rows_frame
+from .measure.phases import PHASES
+from .paths import CellContext
+from .results import CellRecord, rows_frame, setting_columns
 from .rundir import RunDir
 from .suite import Suite
+from .tasks import TASKS
 
 
 @dataclass
@@ -30,11 +38,39 @@ class RunSummary:
     noisy: list[str] = field(default_factory=list)
 
 
+class Stopped(BaseException):
+    """The runner received SIGTERM or SIGHUP (a BaseException, like KeyboardInterrupt: nothing catches it on the
+    way out)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGTERM and SIGHUP raise Stopped in the main thread while the block runs (SIGINT raises KeyboardInterrupt
+    as usual); elsewhere than in the main thread, signals are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def default_run_dir(suite: Suite) -> Path:
     return Path("results") / suite.name / time.strftime("%Y%m%d-%H%M%S")
 
 
-class Progress:
+class ProgressLog:
     """One line per started cell: [i/n] label (placement, elapsed, ETA, running per place)."""
 
     def __init__(self, total: int, log):
@@ -58,7 +94,7 @@ class Progress:
 
 
 def make_executor(name: str, run_dir: Path, ctx: CellContext, suite: Suite, gpus: list[str] | None,
-                  address: str | None):
+                  address: str | None, start: str):
     if name == "ray":
         from .executors.ray import RayExecutor
 
@@ -67,12 +103,15 @@ def make_executor(name: str, run_dir: Path, ctx: CellContext, suite: Suite, gpus
 
     if suite.device == "cuda" and gpus is None:
         gpus = visible_gpus()  # every visible GPU gets its own cells
-    return LocalExecutor(run_dir, ctx, timeout_s=suite.timeout_s, concurrency=suite.concurrency, gpus=gpus)
+    return LocalExecutor(run_dir, ctx, timeout_s=suite.timeout_s, concurrency=suite.concurrency, gpus=gpus,
+                         start=start)
 
 
 def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: bool = False,
               allow_mixed_versions: bool = False, executor: str = "local", gpus: list[str] | None = None,
-              address: str | None = None, log=print) -> RunSummary:
+              address: str | None = None, start: str = "warm", log=print) -> RunSummary:
+    """Run the suite's unfinished cells into run_dir. `start`: warm (cells forked from a parent that has imported
+    everything) or fresh (a new interpreter per cell); see bench/executors/process.py."""
     rundir = RunDir(run_dir)
     with rundir.open(suite.name, suite.text, suite.device, command, allow_mixed_versions):
         for note in rundir.notes:
@@ -82,7 +121,7 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
         log(f"suite {suite.name}: {len(suite.cells)} cells on {suite.device}, {len(suite.cells) - len(todo)} already "
             f"done in {run_dir}")
         ctx = CellContext(suite.name, rundir.path.name, rundir.path.resolve(), suite.concurrency)
-        progress = Progress(len(todo), log)
+        progress = ProgressLog(len(todo), log)
         lock = threading.Lock()
         failed = 0
         placements: dict[str, str] = {}
@@ -94,6 +133,7 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
 
         def on_done(cell, rows: list[dict]) -> None:
             nonlocal failed
+            rows = [{**row, "method_version": TASKS[cell.task].method_version} for row in rows]
             with lock:
                 rundir.record(cell, rows)
                 progress.done(placements.pop(cell.cell_id, None))
@@ -102,40 +142,55 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
                 if bad:
                     log(f"    -> {cell.label()}: {bad[0]['status']}: {str(bad[0]['error'])[:200]}")
 
-        make_executor(executor, rundir.path, ctx, suite, gpus, address).run(todo, on_start, on_done)
-        cell_rows = [rundir.records[c.cell_id].rows for c in suite.cells if c.cell_id in rundir.records]
+        with stop_on_signals():
+            make_executor(executor, rundir.path, ctx, suite, gpus, address, start).run(todo, on_start, on_done)
+        records = [rundir.records[c.cell_id] for c in suite.cells if c.cell_id in rundir.records]
     return RunSummary(run_dir, ran=progress.finished, skipped=len(suite.cells) - len(todo), failed=failed,
-                      rows=[r for rows in cell_rows for r in rows], noisy=noisy_cells(cell_rows))
+                      rows=[r for record in records for r in record.rows], noisy=noisy_cells(records))
 
 
-def noisy_cells(cell_rows: list[list[dict]]) -> list[str]:
+def noisy_cells(records: list[CellRecord]) -> list[str]:
     """'label (why)' of every cell whose timing was flagged."""
     out = []
-    for rows in cell_rows:
-        flags = sorted({r["noisy"] for r in rows if r.get("noisy")})
+    for record in records:
+        flags = sorted({r["noisy"] for r in record.rows if r.get("noisy")})
         if flags:
-            r = rows[0]
-            what = r["model"] or f"attention {r['attn_backend']} {r['attn_shape']}"
-            out.append(f"{what} {r['task']} bs{r['batch_size']} ({'; '.join(flags)})")
+            out.append(f"{record.spec.label()} ({'; '.join(flags)})")
     return out
 
 
+HEADLINE = ("throughput", "throughput_ratio", "latency_p50", "latency_ratio", "peak_memory", "accuracy", "fwd_time",
+            "fwd_bwd_time")
+
+
 def summary_table(rows: list[dict]) -> str:
-    """Median per model, task, image size, batch size and training-set size of the headline metrics (over
-    seeds), plus the cells' status counts."""
+    """Median over seeds of the headline metrics per setting (the spec's axes that vary in these rows), plus the
+    cells' status counts."""
     frame = rows_frame(rows)
     if frame.empty:
         return "(no results)"
     lines = []
     ok = frame[frame["status"] == "ok"]
-    headline = ok[ok["metric"].isin(["throughput", "throughput_ratio", "peak_memory", "accuracy", "fwd_time",
-                                     "fwd_bwd_time"])]
+    headline = ok[ok["metric"].isin(HEADLINE)]
     if not headline.empty:
-        index = ["model", "attn_backend", "task", "img_size", "batch_size", "train_size", "budget", "attn_shape"]
-        table = headline.astype({k: object for k in index}).fillna({k: "" for k in index}).pivot_table(
-            index=index, columns="metric", values="value", aggfunc="median")
+        keys = [k for k in setting_columns() if headline[k].astype(str).nunique() > 1] or ["task"]
+        table = headline.astype({k: object for k in keys}).fillna({k: "" for k in keys}).pivot_table(
+            index=keys, columns="metric", values="value", aggfunc="median")
         with pd.option_context("display.width", 160, "display.max_rows", 200, "display.float_format", "{:.4g}".format):
             lines.append(table.to_string())
     counts = frame.drop_duplicates("cell_id")["status"].value_counts()
     lines.append("cells by status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return "\n".join(lines)
+
+
+def time_summary(rows: list[dict]) -> str:
+    """Where the suite's time went: the cells' wall time split into startup, data, setup, train, eval, write and
+    the rest (the runner's own share: process start and reaping, recording)."""
+    frame = rows_frame(rows).drop_duplicates("cell_id")
+    wall = frame["cell_wall_s"].sum()
+    if not wall:
+        return ""
+    parts = {name: frame[f"{name}_s"].sum() for name in PHASES}
+    parts["other"] = max(0.0, wall - sum(parts.values()))
+    shares = ", ".join(f"{name} {seconds:.0f} s ({seconds / wall:.0%})" for name, seconds in parts.items())
+    return f"time: {wall:.0f} s in {len(frame)} cells: {shares}"

@@ -67,11 +67,12 @@ class SystemLoad:
         self.report = LoadReport(self._load, os.getloadavg()[0], len(os.sched_getaffinity(0)), other)
 
 
-def noise_columns(p20: float, p80: float, report: LoadReport, host_bound: bool = False) -> dict:
-    """The rows' noise columns; `noisy` says why a timing is suspect ('' when the spread is within 10%, the
-    machine was otherwise idle and the GPU was not waiting for kernel launches)."""
+def noise_columns(report: LoadReport, p20: float | None = None, p80: float | None = None,
+                  host_bound: bool = False) -> dict:
+    """The rows' noise columns; `noisy` says why a timing (or a training under a seconds budget) is suspect ('' when
+    the repeats' spread is within 10%, the machine was otherwise idle and the GPU was not waiting for launches)."""
     flags = []
-    if p20 > 0 and p80 / p20 > SPREAD_LIMIT:
+    if p20 is not None and p80 is not None and p20 > 0 and p80 / p20 > SPREAD_LIMIT:
         flags.append(f"spread p80/p20 {p80 / p20:.2f}")
     if report.other_cpu is not None and report.other_cpu > BUSY_LIMIT:
         flags.append(f"busy: other processes used {report.other_cpu:.0%} of the CPU")
