@@ -1,90 +1,18 @@
-"""The report and `bench compare` on fixture run dirs: the answer first, figures by study tag (a GPU-shaped
-fixture draws every figure of the GPU grids), protocols never mixed, compare's ratios, noise and exit codes."""
+"""The report on fixture run dirs: the answer first, with intervals and verdicts, learning-curve fits, back-tests
+and forecasts; figures by study tag (a GPU-shaped fixture draws every figure of the GPU grids), protocols never
+mixed, deployment latency, where the time went."""
 
-import json
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench import report as report_mod
+from bench.paths import CellContext
 from bench.report import style as style_mod
-from bench.results import CellContext, RowMaker, write_results_csv
+from bench.report.answer import answer as answer_of
+from bench.results import CellRecord, RowMaker
 from bench.spec import Budget, CellSpec
-from bench.suite import load_suite
-
-ROOT = Path(__file__).resolve().parent.parent
-H100 = "NVIDIA H100 80GB HBM3"
-
-
-def info_of(spec: CellSpec) -> dict:
-    """Effective columns of a model without building it (an L/16 is 300M parameters)."""
-    from vit_impl import config_from_variant
-
-    model = spec.model
-    if model.startswith(("vit:", "timm-vit:")) or "vit_" in model:
-        variant = model.split(":")[-1] if ":" in model and "vit_" not in model else \
-            {"small": "S", "base": "B"}[model.split("_")[1]] + "/16"
-        cfg = config_from_variant(variant, img_size=spec.img_size)
-        params = 12 * cfg.depth * cfg.embed_dim**2
-        impl = "native" if model.startswith("vit:") else "timm"
-        backend = spec.attn_backend if impl == "native" else "sdpa"
-        return dict(family="vit", impl=impl, variant=variant, patch=cfg.patch_size, params=params,
-                    gflops=2 * params * cfg.seq_len / 1e9, attn_backend_used=backend)
-    depth = int(re.sub(r"\D", "", model.split("-")[0]) or 18)
-    return dict(family="cnn", impl="torchvision" if depth >= 18 and depth != 20 else "native", variant=model,
-                patch=None, params=depth * 1e6, gflops=depth * 0.2, attn_backend_used="none")
-
-
-def fake_rows(spec: CellSpec, rng) -> list[dict]:
-    """Plausible measurements for a cell: what a run on an H100 (or a CPU) would write."""
-    ctx = CellContext(spec.study[0] if spec.study else "fixture", "r", Path("/tmp"))
-    if spec.task == "attention":
-        B, H, N, D = spec.attn_shape
-        rows = RowMaker(spec, ctx, family="attention", impl=spec.attn_backend, attn_backend_used=spec.attn_backend)
-        t = 4 * B * H * N * N * D / 300e12 * (1.3 if spec.attn_backend == "math" else 1.0)
-        made = [rows.row(m, v, u, p20=v * 0.98, p80=v * 1.02, n_repeats=5)
-                for m, v, u in (("fwd_time", t * 1e3, "ms"), ("fwd_bwd_time", 3.5 * t * 1e3, "ms"),
-                                ("fwd_tflops", 4 * B * H * N * N * D / t / 1e12, "TFLOP/s"),
-                                ("fwd_bwd_tflops", 4 * B * H * N * N * D / t / 1e12, "TFLOP/s"))]
-    elif spec.task in ("infer", "train"):
-        from bench.tasks.throughput import _other_side, _side_label
-
-        info = info_of(spec)
-        paired = {"paired_with": _side_label(_other_side(spec), spec)} if spec.compare_to else {}
-        rows = RowMaker(spec, ctx, **info, **paired)
-        thr = 4e12 / (info["gflops"] * 1e9 * (3 if spec.task == "train" else 1)) * rng.uniform(0.9, 1.1)
-        made = [rows.row("throughput", thr, "img/s", p20=thr * 0.97, p80=thr * 1.03, n_repeats=10),
-                rows.row("peak_memory", spec.batch_size * info["params"] / 1e6, "MiB", n_repeats=1)]
-        if spec.compare_to:
-            made.append(rows.row("throughput_ratio", 1.08, "x", ci_low=1.05, ci_high=1.11, n_repeats=10))
-    else:
-        info = info_of(spec)
-        size = spec.train_size or 60_000
-        rows = RowMaker(spec, ctx, **info, train_size_used=int(size * 0.9), val_size=size - int(size * 0.9),
-                        protocol=spec.budget.protocol if spec.budget else None, converged=size > 500)
-        base = 0.95 if info["family"] == "cnn" else 0.93
-        acc = base - (0.25 if info["family"] == "vit" else 0.15) * (1000 / size) ** 0.5 + 0.003 * spec.seed
-        made = [rows.row("accuracy", acc, "fraction", n_repeats=1),
-                rows.row("train_flops", 3e9 * size * 30, "FLOP", n_repeats=1),
-                rows.row("train_time", size / 500, "s", n_repeats=1)]
-    for row in made:
-        row.update(gpu=H100 if spec.device == "cuda" else "", device_name=H100 if spec.device == "cuda" else "cpu x")
-    return made
-
-
-def fixture_run(tmp_path: Path, suites: list[str], device: str, name: str = "run") -> Path:
-    rng = np.random.default_rng(0)
-    rows = [r for s in suites for spec in load_suite(ROOT / "suites" / f"{s}.yaml", device).cells
-            for r in fake_rows(spec, rng)]
-    path = tmp_path / name
-    write_results_csv(path / "results.csv", rows)
-    (path / "env.json").write_text(json.dumps({"device": device, "device_name": H100 if device == "cuda" else "cpu",
-                                               "torch": "x", "code_version": "abc"}))
-    return path
+from tests.conftest import fixture_run, info_of, write_run
 
 
 @pytest.fixture
@@ -128,9 +56,14 @@ def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_p
     answer = report[report.index("## Answer"):report.index("## Data efficiency")]
     assert "**Accuracy on fashion-mnist, converged protocol**" in answer
     assert "**Accuracy on fashion-mnist, compute-equal protocol**" in answer
-    assert "(not converged" in answer and "1 seed" in answer  # caveats beside the numbers they affect
-    assert "**Crossover**" in answer and "CNN leads by" in answer
+    assert "(not converged)" in answer and "(n=3, t)" in answer  # caveats beside the numbers they affect
+    assert "(paired t, n=3;" in answer  # differences paired by seed (every seed draws the same subset for both)
+    assert "**Crossover in the measured range**" in answer and "CNN leads by" in answer
     assert "**Fastest model at or above an accuracy**" in answer
+    assert "batch-1 latency, onnxruntime: `" in answer and "**ViT / CNN latency across engines**" in answer
+    assert "**Paired latency ratios**" in answer and "`vit:Mu/7` compile vs `vit:Mu/7 eager`, latency batch 1" in answer
+    assert "latency_cpu.png" in saved and "| onnxruntime | vit:Ti/4" in report
+    assert "## Where the time went" in report and "overhead per cell (s)" in report
     assert ("training images drawn (log; 10% of them validate)", "test top-1 accuracy (%)", "log", "linear") \
         in saved["data_efficiency_converged_cpu.png"]
     assert "_Skipped: no fine-tune or linear-probe cells" in report  # a missing study is a line, not a crash
@@ -145,7 +78,8 @@ def test_transfer_answer_gives_every_route_and_whether_mae_reaches_the_cnn(tmp_p
     for route in ("resnet9, from scratch", "vit:Mu/4, from scratch", "vit:Mu/4, MAE (unlabeled) -> fine-tune",
                   "vit:Mu/4, supervised on fashion-mnist:0-4 -> fine-tune", "vit:Mu/4, MAE encoder, linear probe"):
         assert f"| {route} | " in answer, route
-    assert "The MAE-initialised ViT does not reach the CNN at any labeled size measured" in answer
+    assert "- 1,000 labels, MAE-initialised `vit:Mu/4`: MAE gain over the same ViT from scratch" in answer
+    assert "against the CNN (`resnet9`) -" in answer and "difference shown)" in answer
     fastest = answer[answer.index("**Fastest model"):]
     assert "fashion-mnist:5-9" not in fastest  # a class subset's accuracy never answers the 10-class question
     assert "transfer_converged_cpu.png" in saved
@@ -154,83 +88,92 @@ def test_transfer_answer_gives_every_route_and_whether_mae_reaches_the_cnn(tmp_p
 def test_failures_and_skips_are_listed(tmp_path):
     spec = CellSpec(model="vit:S/4", task="train", batch_size=4096, img_size=28)
     row = RowMaker(spec, CellContext("t", "r", tmp_path)).failure("oom", "OutOfMemoryError: tried to allocate 40 GiB")
-    write_results_csv(tmp_path / "run" / "results.csv", [row])
+    write_run(tmp_path / "run", [CellRecord(spec, [row])])
     report = report_mod.write_report([tmp_path / "run"], tmp_path / "report").read_text()
     assert "OutOfMemoryError: tried to allocate 40 GiB" in report and "| oom" in report
     assert "_No accuracy or throughput results to answer from._" in report
 
 
-def test_crossover_found_and_absent(tmp_path):
-    rows = []
-    for model, accs in (("vit:Ti/4", [0.50, 0.70, 0.80, 0.92]), ("resnet20", [0.70, 0.80, 0.86, 0.90])):
-        for size, acc in zip((500, 2000, 8000, 60000), accs):
+def accuracy_records(tmp_path, model, curve, sizes, seeds=(0, 1, 2), noise=0.004, converged=True, rng=None):
+    """Converged-protocol cells of `model` whose test accuracy follows curve(n), plus noise per seed."""
+    rng = rng or np.random.default_rng(1)
+    records = []
+    for size in sizes:
+        for seed in seeds:
             spec = CellSpec(model=model, task="train_eval", dataset="fashion-mnist", img_size=28, train_size=size,
-                            budget=Budget(epochs=10.0))
-            info = info_of(spec)
-            rows.append(RowMaker(spec, CellContext("t", "r", tmp_path), **info, train_size_used=size * 9 // 10,
-                                 val_size=size // 10, protocol="converged", converged=True)
-                        .row("accuracy", acc, "fraction"))
-    write_results_csv(tmp_path / "run" / "results.csv", rows)
+                            seed=seed, budget=Budget(epochs=10.0))
+            maker = RowMaker(spec, CellContext("t", "r", tmp_path), **info_of(spec), train_size_used=size * 9 // 10,
+                             val_size=size - size * 9 // 10, protocol="converged", converged=converged)
+            records.append(CellRecord(spec, [maker.row("accuracy", curve(size) + rng.normal(0, noise))]))
+    return records
+
+
+SIZES = (250, 500, 1000, 2000, 4000)
+
+
+def test_crossover_found_and_absent(tmp_path):
+    sizes = (500, 2000, 8000, 60000)
+    records = (accuracy_records(tmp_path, "vit:Ti/4", dict(zip(sizes, (0.50, 0.70, 0.80, 0.92))).get, sizes, (0,), 0)
+               + accuracy_records(tmp_path, "resnet20", dict(zip(sizes, (0.70, 0.80, 0.86, 0.90))).get, sizes, (0,), 0))
+    write_run(tmp_path / "run", records)
     runs = report_mod.load([tmp_path / "run"], tmp_path)
     (statement,) = report_mod.figures.crossover_statements(runs)
     assert "ViT overtakes CNN between 8,000 and 60,000 images (estimated crossover ~" in statement
     runs.rows = runs.rows[~((runs.rows["model"] == "vit:Ti/4") & (runs.rows["subset"] == 60000))]
     (statement,) = report_mod.figures.crossover_statements(runs)
-    assert "no crossover in the measured range (500-8,000 images); CNN leads by 6.0-20.0 points" in statement
+    assert "no crossover in the measured range (500-8,000 images); CNN leads by" in statement
+
+
+def test_differences_are_shown_only_when_their_interval_excludes_zero(tmp_path):
+    close = (accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.80, (1000,), noise=0.02)
+             + accuracy_records(tmp_path, "resnet20", lambda n: 0.805, (1000,), noise=0.02,
+                                rng=np.random.default_rng(7)))
+    write_run(tmp_path / "close", close)
+    far = (accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.70, (1000,))
+           + accuracy_records(tmp_path, "resnet20", lambda n: 0.85, (1000,), rng=np.random.default_rng(7)))
+    write_run(tmp_path / "far", far)
+    for run, verdict in (("close", "difference not shown with 3 seeds"), ("far", "difference shown")):
+        answer = answer_of(report_mod.load([tmp_path / run], tmp_path))
+        row = next(line for line in answer.splitlines() if line.startswith("| 1,000 |"))
+        assert f"(paired t, n=3; {verdict})" in row, row
+        assert "% [" in row  # every mean with its interval
+
+
+def test_learning_curves_back_test_and_forecast(tmp_path, saved):
+    """Curves that meet at a known size: fitted, back-tested, the crossover forecast with its interval and the
+    extrapolation factor; a ViT curve the power law cannot extrapolate makes the forecast unreliable."""
+    vit = lambda n: 1 - (0.02 + 3.0 * n ** -0.45)  # noqa: E731 - meets the CNN's near n = 7,400
+    cnn = lambda n: 1 - (0.06 + 0.8 * n ** -0.45)  # noqa: E731
+    records = accuracy_records(tmp_path, "vit:Ti/4", vit, SIZES, noise=0.002) + \
+        accuracy_records(tmp_path, "resnet20", cnn, SIZES, noise=0.002, rng=np.random.default_rng(3))
+    write_run(tmp_path / "run", records)
+    report = report_mod.write_report([tmp_path / "run"], tmp_path / "report").read_text()
+    answer = report[report.index("## Answer"):report.index("## Data efficiency")]
+    assert "**Learning curves**" in answer and "back-test (fit without 4,000, predict it)" in answer
+    assert answer.count(", reliable") >= 2 and "UNRELIABLE" not in answer
+    forecast = answer[answer.index("**Forecast beyond the measured range** (extrapolation"):]
+    assert "at 40,000 images (10x the largest measured)" in forecast
+    line = next(line for line in forecast.splitlines() if "meets the CNN's at about" in line)
+    n_star = float(line.split("at about ")[1].split(" images")[0].replace(",", ""))
+    low, high = (float(v.replace(",", "")) for v in line.split("[")[1].split("]")[0].split(", "))
+    true_n = (2.2 / 0.04) ** (1 / 0.45)
+    assert low <= true_n <= high and 0.5 < n_star / true_n < 2
+    assert "x beyond the measured range" in line
+    assert {"backtest.png", "data_efficiency_converged_cpu.png"} <= set(saved)
+
+    bent = accuracy_records(tmp_path, "vit:Ti/4", lambda n: vit(n) + (0.08 if n == 4000 else 0), SIZES, noise=0.002)
+    write_run(tmp_path / "bent", bent + records[len(bent):])
+    answer = answer_of(report_mod.load([tmp_path / "bent"], tmp_path))
+    assert "UNRELIABLE (more than 3 points off)" in answer and "UNRELIABLE, not an answer" in answer
+
+
+def test_too_few_sizes_say_why_there_is_no_fit(tmp_path):
+    write_run(tmp_path / "run", accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.8, (250, 1000)))
+    answer = answer_of(report_mod.load([tmp_path / "run"], tmp_path))
+    assert "`vit:Ti/4`: no fit (needs at least 4 sizes, got 2" in answer
 
 
 def test_report_cli_rejects_a_folder_without_results(tmp_path):
     from bench.__main__ import main
 
     assert main(["report", str(tmp_path)]) == 2
-
-
-# ------------------------------------------------------------------------------------------ compare
-
-
-def bench(*args):
-    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
-
-
-def slowed(run: Path, out: Path, factor: float, device_name: str | None = None) -> Path:
-    import pandas as pd
-
-    frame = pd.read_csv(run / "results.csv")
-    hit = frame["metric"] == "throughput"
-    frame.loc[hit, ["value", "p20", "p80"]] = frame.loc[hit, ["value", "p20", "p80"]] / factor
-    if device_name:
-        frame["device_name"] = device_name
-    out.mkdir()
-    frame.to_csv(out / "results.csv", index=False)
-    return out
-
-
-def test_compare_identical_runs_show_no_difference(tmp_path):
-    run = fixture_run(tmp_path, ["scaling"], "cuda")
-    proc = bench("compare", run, run, "--fail-above", "1.1")
-    assert proc.returncode == 0, proc.stderr
-    assert "within noise" in proc.stdout and "regression" not in proc.stdout and "improvement" not in proc.stdout
-
-
-def test_compare_flags_a_20_percent_slowdown(tmp_path):
-    run = fixture_run(tmp_path, ["scaling"], "cuda")
-    slow = slowed(run, tmp_path / "slow", 1.2)
-    plain = bench("compare", run, slow)
-    assert plain.returncode == 0 and "regression" in plain.stdout  # flagged, but no threshold: exit 0
-    failing = bench("compare", run, slow, "--fail-above", "1.1", "--out", tmp_path / "cmp.csv")
-    assert failing.returncode == 1 and "FAIL:" in failing.stdout and "throughput of vit:B/16" in failing.stdout
-    import pandas as pd
-
-    table = pd.read_csv(tmp_path / "cmp.csv")
-    thr = table[table["metric"] == "throughput"]
-    assert np.allclose(thr["ratio"], 1 / 1.2) and (thr["verdict"] == "regression").all()
-    assert bench("compare", run, slow, "--fail-above", "1.25").returncode == 0  # 20% is within a 25% threshold
-
-
-def test_compare_refuses_unlike_devices_unless_asked(tmp_path):
-    run = fixture_run(tmp_path, ["scaling"], "cuda")
-    other = slowed(run, tmp_path / "other", 1.0, device_name="NVIDIA A100-SXM4-80GB")
-    refused = bench("compare", run, other)
-    assert refused.returncode == 2 and "not comparable" in refused.stderr and "Traceback" not in refused.stderr
-    assert bench("compare", run, other, "--allow-different-devices").returncode == 0
-    assert bench("compare", run, tmp_path / "missing").returncode == 2

@@ -12,8 +12,11 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, budget_label, from_scratch_on_whole_datasets, in_study,
-                   ok_metric, unpaired)
+from ..spec import ENGINES
+
+from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study, ok_metric,
+                   unpaired)
+from .fits import data_curves, frontier_curves
 from .style import Skip, save, style_of
 
 PROTOCOL_TITLES = {"converged": "converged (best validation checkpoint)",
@@ -63,17 +66,92 @@ def data_efficiency(runs: Runs) -> str:
                                 color=style["palette"][label])
             _mark_not_converged(ax, points, "subset", "mean")
             _label_lone_points(ax, points, "subset", "mean")
+            for curve in (c for c in data_curves(runs) if (c.device, c.group) == (device, budget) and c.fit):
+                _draw_fit(ax, curve, style["palette"][curve.label])
             ax.set(xscale="log", xlabel="training images drawn (log; 10% of them validate)",
-                   ylabel="test top-1 accuracy (%)", title=f"budget: {budget_label(budget)}")
+                   ylabel="test top-1 accuracy (%)", title=f"budget: {budget.label()}")
         _legend_outside(fig, axes[0][0])
         fig.suptitle(f"Data efficiency on {group['dataset'].iloc[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
         seeds = f"{int(group['seeds'].min())}-{int(group['seeds'].max())}"
         parts.append(save(fig, runs.out, f"data_efficiency_{protocol}_{device}.png",
-                          f"Lines: mean over {seeds} seeds, bands: min to max; ringed: did not converge (validation still rising in "
-                          "the last quarter of the budget). "
-                          "Look for where the ViT lines reach or cross the CNN's."))
+                          f"Lines: mean over {seeds} seeds, bands: 95 % t interval; ringed: did not converge "
+                          "(validation still rising in the last quarter of the budget). Thin lines: the fitted "
+                          "learning curve (converged points only), solid over the measured range, dashed beyond it "
+                          "(extrapolation), with its bootstrap band. Look for where the ViT lines reach or cross "
+                          "the CNN's."))
     crossings = [f"- {s}" for s in crossover_statements(runs)]
     return "\n\n".join(parts) + "\n\n**Crossover.**\n\n" + "\n".join(crossings)
+
+
+def _draw_fit(ax, curve, colour, factor: float = 100) -> None:
+    """A fitted learning curve: solid over the measured range, dashed out to `factor` times its largest size."""
+    fit = curve.fit
+    for xs, dash in ((np.geomspace(fit.n_min, fit.n_max, 40), "-"),
+                     (np.geomspace(fit.n_max, factor * fit.n_max, 40), "--")):
+        predicted = [curve.accuracy(fit.predict(x)) for x in xs]
+        ax.plot(xs, [p.estimate for p in predicted], dash, color=colour, linewidth=1, alpha=0.9)
+        ax.fill_between(xs, [p.low for p in predicted], [p.high for p in predicted], color=colour, alpha=0.08)
+
+
+def backtest_figure(runs: Runs) -> str:
+    """Each fitted model's largest size predicted from the others, against what was measured there."""
+    curves = [c for c in data_curves(runs) + frontier_curves(runs) if c.backtest is not None]
+    if not curves:
+        raise Skip("no learning curve with enough converged sizes for a back-test (a fit needs 4 sizes, a "
+                   "back-test 5)")
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.8), squeeze=False)
+    for ax, curve in zip(axes[0], curves):
+        sizes = sorted(curve.points)
+        means = [100 * (1 - np.mean(curve.points[n])) for n in sizes]
+        ax.plot(sizes, means, "o", color="black", label="measured (mean over seeds)")
+        bt = curve.backtest
+        predicted = curve.accuracy(bt.predicted)
+        ax.errorbar([bt.size], [predicted.estimate], yerr=[[predicted.estimate - predicted.low],
+                                                           [predicted.high - predicted.estimate]],
+                    fmt="s", color="tab:red", capsize=4, label="predicted without it")
+        ax.set(xscale="log", title=f"{curve.label}: off by {abs(bt.error) * 100:.1f} points",
+               xlabel="training FLOPs (log)" if curve.group == "frontier" else "training images (log)",
+               ylabel="test top-1 accuracy (%)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("Learning-curve back-test: the largest size predicted from the others (3 points off or less: "
+                 "reliable)")
+    return save(fig, runs.out, "backtest.png", "Black: measured means; red: the fit without the largest size "
+                                               "predicting it, with its bootstrap interval. A forecast is printed "
+                                               "as an answer only when its curves pass this test.")
+
+
+def latency(runs: Runs) -> str:
+    """Median call time with whiskers to the 99th percentile, per engine, model and batch."""
+    lat = ok_metric(runs.rows, "latency_p50")
+    if lat.empty:
+        raise Skip("no latency cells (task latency, the deployment study of suites/scaling.yaml)")
+    p99 = ok_metric(runs.rows, "latency_p99")
+    lat = lat.merge(p99[["cell_id", "model", "engine", "value"]], on=["cell_id", "model", "engine"],
+                    suffixes=("", "_p99"))
+    table = lat.groupby(["device", "engine", "label", "batch_size"], as_index=False).agg(
+        p50=("value", "median"), p99=("value_p99", "median"))
+    parts = []
+    for device, group in table.groupby("device"):
+        engines = sorted(group["engine"].unique(), key=list(ENGINES).index)
+        fig, axes = plt.subplots(1, len(engines), figsize=(4.6 * len(engines), 4), squeeze=False, sharey=True)
+        labels = sorted(group["label"].unique())
+        for ax, engine in zip(axes[0], engines):
+            mine = group[group["engine"] == engine]
+            for i, (batch, points) in enumerate(mine.groupby("batch_size")):
+                xs = [labels.index(label) + 0.15 * (i - 0.5) for label in points["label"]]
+                ax.errorbar(xs, points["p50"], yerr=[np.zeros(len(points)), points["p99"] - points["p50"]],
+                            fmt="o", capsize=3, label=f"batch {batch}")
+            ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
+            ax.set(yscale="log", title=engine, ylabel="time per call (ms, log): p50, whisker to p99")
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(f"Deployment latency on {device}: one call at small batches, per engine")
+        parts.append(save(fig, runs.out, f"latency_{device}.png", "Points: median call time; whiskers: the 99th "
+                                                                   "percentile. Lower is better; compare models "
+                                                                   "within a panel and engines across panels."))
+        shown = group.assign(p50=group["p50"].map("{:.3g}".format), p99=group["p99"].map("{:.3g}".format))
+        parts.append(shown.rename(columns={"label": "model", "batch_size": "batch", "p50": "p50 (ms)",
+                                           "p99": "p99 (ms)"}).to_markdown(index=False))
+    return "\n\n".join(parts)
 
 
 def crossover_statements(runs: Runs) -> list[str]:
@@ -82,7 +160,7 @@ def crossover_statements(runs: Runs) -> list[str]:
     lines = []
     for (device, dataset, protocol, budget), group in summary.groupby(["device", "dataset", "protocol", "budget"]):
         best = group.groupby(["family", "subset"])["mean"].max().unstack("family")
-        where = f"{dataset} on {device}, {protocol}, {budget_label(budget)}"
+        where = f"{dataset} on {device}, {protocol}, {budget.label()}"
         if not {"vit", "cnn"} <= set(best.columns):
             lines.append(f"{where}: only one family measured.")
             continue
@@ -113,9 +191,9 @@ def transfer(runs: Runs) -> str:
         raise Skip("no fine-tune or linear-probe cells (suites/pretraining.yaml)")
     parts = []
     for (protocol, device, dataset), group in summary.groupby(["protocol", "device", "dataset"]):
-        group = group.assign(series=group["label"] + ", " + group["route"])
+        group = group.assign(series=group["label"] + ", " + group["route_text"])
         fig, ax = plt.subplots(figsize=(8, 4.8))
-        sns.lineplot(data=group.sort_values("subset"), x="subset", y="mean", hue="series", style="route",
+        sns.lineplot(data=group.sort_values("subset"), x="subset", y="mean", hue="series", style="route_text",
                      markers=True, dashes=False, ax=ax)
         for _, line in group.groupby("series"):
             ax.fill_between(line["subset"], line["low"], line["high"], alpha=0.12)
@@ -133,15 +211,16 @@ def mae_gain(runs: Runs) -> str:
     """Per labeled size: accuracy of the MAE-initialised ViT minus the same ViT from scratch, seed by seed."""
     acc = ok_metric(runs.rows, "accuracy", task=["train_eval", "finetune"])
     acc = acc[acc["family"] == "vit"]
-    mae = acc[acc["route"] == "MAE (unlabeled) -> fine-tune"]
-    scratch = acc[acc["route"] == "from scratch"]
+    mae = acc[acc["route"] == "mae-finetune"]
+    scratch = acc[acc["route"] == "scratch"]
     keys = ["device", "dataset", "protocol", "budget", "label", "subset", "seed"]
     pairs = mae.merge(scratch, on=keys, suffixes=("_mae", "_scratch"))
     if pairs.empty:
         raise Skip("needs a ViT fine-tuned from an MAE encoder and the same ViT from scratch on the same subsets")
     pairs["gain"] = (pairs["value_mae"] - pairs["value_scratch"]) * 100
     table = pairs.groupby(["device", "label", "subset"]).agg(
-        mae=("value_mae", lambda v: f"{v.mean() * 100:.1f}"), scratch=("value_scratch", lambda v: f"{v.mean() * 100:.1f}"),
+        mae=("value_mae", lambda v: f"{v.mean() * 100:.1f}"),
+        scratch=("value_scratch", lambda v: f"{v.mean() * 100:.1f}"),
         gain=("gain", lambda g: f"{g.mean():+.1f} (seeds {', '.join(f'{x:+.1f}' for x in g)})"),
         seeds=("seed", "nunique")).reset_index()
     table["subset"] = table["subset"].map(lambda n: f"{int(n):,}")
@@ -155,6 +234,8 @@ def accuracy_vs_compute(runs: Runs) -> str:
     if acc.empty:
         raise Skip("no accuracy cells")
     costs = runs.rows[runs.rows["metric"].isin(["train_flops", "train_time"]) & (runs.rows["status"] == "ok")]
+    if costs["metric"].nunique() < 2:
+        raise Skip("the accuracy cells recorded no training FLOPs and time")
     costs = costs.pivot_table(index="cell_id", columns="metric", values="value", aggfunc="first")
     acc = acc.join(costs, on="cell_id").assign(accuracy=lambda f: f["value"] * 100)
     parts = []
@@ -166,11 +247,16 @@ def accuracy_vs_compute(runs: Runs) -> str:
             sns.scatterplot(data=group, x=x, y="accuracy", size="subset", sizes=(25, 160), ax=ax,
                             legend=ax is axes[0], **style)
             ax.set(xscale="log", xlabel=xlabel, ylabel="test top-1 accuracy (%)")
+        for curve in (c for c in frontier_curves(runs) if c.device == device and c.fit):
+            colour = "tab:blue" if curve.family == "vit" else "tab:orange"
+            _draw_fit(axes[0], curve, colour, factor=10)
         axes[0].legend(fontsize=7, loc="lower right")
         fig.suptitle(f"Accuracy against training compute, {device}: {PROTOCOL_TITLES[protocol]}")
         parts.append(save(fig, runs.out, f"accuracy_vs_compute_{protocol}_{device}.png",
                           "As in the ViT paper's Figure 5: per cell, accuracy against what it cost to train "
-                          "(marker size: training images); the upper-left points are the efficient ones."))
+                          "(marker size: training images); the upper-left points are the efficient ones. Lines: each "
+                          "family's compute frontier fitted (blue ViT, orange CNN; dashed beyond the measured "
+                          "range)."))
     return "\n\n".join(parts)
 
 
@@ -190,7 +276,7 @@ def training_curves(runs: Runs) -> str:
                                                         ("val_accuracy", "validation accuracy"))):
                     ax = axes[row][col]
                     sns.lineplot(data=points, x=x, y=metric, units="cell_id", estimator=None, ax=ax,
-                                 legend=row == 0 and col == 0, **{**style_of(points), "style": "route",
+                                 legend=row == 0 and col == 0, **{**style_of(points), "style": "route_text",
                                                                   "markers": False, "style_order": None})
                     ax.set(xlabel=xlabel if row else "", ylabel=ylabel if col == 0 else "",
                            xscale="log" if x == "images_seen" else "linear")
@@ -317,18 +403,20 @@ def batch_size(runs: Runs) -> str:
 
 
 def paired_table(runs: Runs) -> str:
-    ratios = ok_metric(runs.rows, "throughput_ratio")
+    ratios = pd.concat([ok_metric(runs.rows, "throughput_ratio"), ok_metric(runs.rows, "latency_ratio")])
     if ratios.empty:
         raise Skip("no paired cells (compare_to in suites/scaling.yaml)")
     table = pd.DataFrame({
-        "device": ratios["device"], "model": ratios["label"], "against": ratios["paired_with"],
-        "task": ratios["task"], "batch": ratios["batch_size"], "px": ratios["img_size"],
-        "throughput ratio": [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
-                             zip(ratios["value"], ratios["ci_low"], ratios["ci_high"])],
+        "device": ratios["device"], "model": ratios["label"], "engine": ratios["engine"],
+        "against": ratios["paired_with"], "task": ratios["task"], "batch": ratios["batch_size"],
+        "px": ratios["img_size"], "ratio": ratios["metric"],
+        "value": [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
+                  zip(ratios["value"], ratios["ci_low"], ratios["ci_high"])],
         "repeats": ratios["n_repeats"]})
-    return ("Both sides timed alternately (ABBA) in one process: the ratio of throughputs, model over `against`, "
-            "with a 95% bootstrap interval of the median. An interval that excludes 1 is a real difference on "
-            "that machine.\n\n" + table.to_markdown(index=False))
+    return ("Both sides timed alternately (ABBA) in one process, with a 95% bootstrap interval of the median: "
+            "throughput_ratio is the model's throughput over `against`'s (above 1: faster); latency_ratio its median "
+            "call time over `against`'s (below 1: faster). An interval that excludes 1 is a real difference on that "
+            "machine.\n\n" + table.to_markdown(index=False))
 
 
 def pareto(runs: Runs) -> str:
@@ -357,7 +445,7 @@ def pareto(runs: Runs) -> str:
            ylabel=f"test accuracy (%) at {int(acc['subset'].max()):,} images")
     ax.legend(fontsize=7)
     device, protocol, budget = choice
-    ax.set_title(f"Accuracy against speed, {device}: {protocol}, {budget_label(budget)}", fontsize=10)
+    ax.set_title(f"Accuracy against speed, {device}: {protocol}, {budget.label()}", fontsize=10)
     return save(fig, runs.out, f"pareto_{device}.png", "Models on the dashed front are the ones to choose from: "
                                                        "none is both faster and more accurate.")
 
@@ -366,13 +454,14 @@ def attention_kernels(runs: Runs) -> str:
     att = runs.rows[(runs.rows["task"] == "attention") & (runs.rows["status"] == "ok")].copy()
     if att.empty:
         raise Skip("no attention-kernel cells (suites/attention.yaml)")
-    order = sorted(att["attn_shape"].unique(), key=lambda s: (int(s.split("x")[2]), s))
+    att["shape"] = ["x".join(map(str, shape)) for shape in att["attn_shape"]]
+    order = ["x".join(map(str, s)) for s in sorted(set(att["attn_shape"]), key=lambda s: (s[2], s))]
     parts = []
     for kind, unit in (("time", "ms"), ("tflops", "TFLOP/s")):
         sub = att[att["metric"].isin([f"fwd_{kind}", f"fwd_bwd_{kind}"])].copy()
         sub["pass"] = sub["metric"].map({f"fwd_{kind}": "forward", f"fwd_bwd_{kind}": "forward+backward"})
         sub["series"] = sub["attn_backend"] + " " + sub["dtype"]
-        grid = sns.catplot(data=sub, x="attn_shape", y="value", hue="series", col="pass", order=order,
+        grid = sns.catplot(data=sub, x="shape", y="value", hue="series", col="pass", order=order,
                            row="device" if sub["device"].nunique() > 1 else None, kind="point",
                            estimator="median", errorbar=None, height=4.2, aspect=1.3, sharey=False)
         if kind == "time":
