@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.paths import RunPaths  # noqa: E402
 from bench.results import read_results  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def check(name: str, value: float | None, target: str, ok) -> str:
 
 
 def main(run_dir: Path) -> int:
-    rows = read_results(run_dir / "results.csv")
+    rows = read_results(RunPaths(run_dir).results_csv)
     ok = rows[rows["status"] == "ok"]
     lines = [f"GPU check {run_dir} on {', '.join(sorted(set(ok['device_name'].dropna()))) or '?'}", ""]
     att = ok[ok["task"] == "attention"]
@@ -54,7 +55,7 @@ def main(run_dir: Path) -> int:
                        "<= 1.0", lambda r: r <= 1.0))
     epoch = None  # from the curve of the one Mi/4 train_eval cell (validated once per epoch)
     for cell_id in sorted(set(ok.loc[(ok["task"] == "train_eval") & (ok["model"] == "vit:Mi/4"), "cell_id"])):
-        path = run_dir / "curves" / f"{cell_id}.json"
+        path = RunPaths(run_dir).curve(cell_id)
         curve = json.loads(path.read_text())["curve"] if path.exists() else []
         if len(curve) >= 2:
             epoch = curve[-1]["seconds"] - curve[-2]["seconds"]

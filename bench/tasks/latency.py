@@ -1,0 +1,76 @@
+"""Task `latency`: how long one call takes in the engine that serves the model (bench/engines.py: eager,
+torch.compile, ONNX Runtime), at the cell's batch (1 and small batches, the deployment question): `calls` calls on
+synthetic inputs, each timed on its own (synchronised on a GPU) after a tenth as many warm-up calls. Rows: p50,
+p90 and p99 in ms (every call's time in `samples`), the noise flags of throughput cells, and the engine's
+compile or export time and its error against eager.
+
+Paired (`compare_to`, e.g. {engine: eager}): both sides in one process, in alternating blocks of 10 calls (ABBA),
+and latency_ratio: this side's median call time over the other side's, with a bootstrap interval over the
+blocks' ratios (below 1: this side is faster).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..measure.latency import percentiles, time_calls, time_calls_paired
+from ..measure.noise import SystemLoad, noise_columns
+from ..measure.phases import phase
+from ..measure.timing import median_ci
+from ..paths import CellContext
+from ..results import RowMaker
+from ..spec import CellSpec
+from .common import Task, check_model_cell, reject
+from .throughput import Prepared, check_pair, effective, engine_rows, other_requested, sides, side_label
+
+BLOCK = 10  # calls per block of a paired cell
+
+
+def check(spec: CellSpec) -> CellSpec:
+    spec = check_model_cell(spec)
+    reject(spec, "budget", "recipe", "init", "train_size", "mae", "pool", "nproc", "compile")
+    return check_pair(spec)
+
+
+def _latency_rows(maker: RowMaker, samples: list[float], load, **override) -> list[dict]:
+    ms = [s * 1e3 for s in samples]
+    q = percentiles(ms, (20, 50, 80, 90, 99))
+    noise = noise_columns(load.report, q[20], q[80])
+    common = dict(n_repeats=len(ms), p20=q[20], p80=q[80], **noise, **override)
+    return [maker.row("latency_p50", q[50], samples=ms, **common), maker.row("latency_p90", q[90], **common),
+            maker.row("latency_p99", q[99], **common)]
+
+
+def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
+    prepared = sides(spec, ctx)
+    if isinstance(prepared, list):
+        return prepared
+    phase("train")
+    warmup = max(1, spec.calls // 10)
+    if not spec.compare_to:
+        (side,) = prepared
+        with SystemLoad() as load:
+            samples = time_calls(side.step, device=spec.device, warmup=warmup, calls=spec.calls)
+        maker = RowMaker(spec, ctx, **effective(side))
+        return _latency_rows(maker, samples, load) + engine_rows(maker, side)
+    a, b = prepared
+    with SystemLoad() as load:
+        samples_a, samples_b, ratios = time_calls_paired(a.step, b.step, device=spec.device, warmup=warmup,
+                                                         calls=spec.calls, block=BLOCK)
+    return _paired_rows(spec, ctx, a, b, samples_a, samples_b, ratios, load)
+
+
+def _paired_rows(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared, samples_a, samples_b, ratios,
+                 load) -> list[dict]:
+    maker_a = RowMaker(spec, ctx, **effective(a), paired_with=side_label(b.spec, spec))
+    maker_b = RowMaker(spec, ctx, **effective(b), paired_with=side_label(spec, b.spec))
+    b_requested = other_requested(spec)
+    ratio, low, high = median_ci(ratios)
+    return [*_latency_rows(maker_a, samples_a, load), *_latency_rows(maker_b, samples_b, load, **b_requested),
+            *engine_rows(maker_a, a), *engine_rows(maker_b, b, **b_requested),
+            maker_a.row("latency_ratio", ratio, ci_low=low, ci_high=high, n_repeats=len(ratios),
+                        samples=list(np.round(ratios, 6)), **load.report.columns())]
+
+
+TASKS = (Task("latency", "throughput", 1, check, run,
+              "per-call latency (p50/p90/p99) at small batches in an engine: eager, compile, onnxruntime"),)

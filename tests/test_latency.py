@@ -1,0 +1,118 @@
+"""Deployment speed: per-call latency percentiles, inference engines checked against eager before they are
+timed (export parity, a wrong export caught), setup time kept out of the timed region, missing engines skipped."""
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bench import engines
+from bench.cell import run_cell
+from bench.engines import EngineMismatch, EngineUnavailable, serve
+from bench.measure.latency import percentiles, time_calls, time_calls_paired
+from bench.models import build_model
+from bench.paths import CellContext
+from bench.spec import CellSpec
+from bench.tasks import TASKS
+
+
+def latency_cell(**kw) -> CellSpec:
+    settings = dict(model="resnet9", task="latency", batch_size=1, img_size=28, in_chans=1, num_classes=10, calls=20)
+    settings.update(kw)
+    spec = CellSpec(**settings)
+    return TASKS["latency"].check(spec)
+
+
+def test_percentiles_of_a_known_sample():
+    assert percentiles(list(range(1, 101))) == {50: 50.5, 90: pytest.approx(90.1), 99: pytest.approx(99.01)}
+    assert percentiles([3.0] * 7) == {50: 3.0, 90: 3.0, 99: 3.0}
+
+
+def test_every_call_is_timed_alone_and_pairs_alternate():
+    calls = []
+    samples = time_calls(lambda: calls.append(time.sleep(0.002)), device="cpu", warmup=3, calls=10)
+    assert len(calls) == 13 and len(samples) == 10 and all(0.0015 < s < 0.1 for s in samples)
+    order = []
+    a, b, ratios = time_calls_paired(lambda: order.append("a") or time.sleep(0.001),
+                                     lambda: order.append("b") or time.sleep(0.003), device="cpu", warmup=1, calls=20,
+                                     block=5)
+    assert order[2:7] == ["a"] * 5 and order[7:12] == ["b"] * 5 and order[12:17] == ["b"] * 5  # ABBA
+    assert len(a) == len(b) == 20 and len(ratios) == 4 and all(r < 0.8 for r in ratios)
+
+
+def _model(spec: str, backend: str = "sdpa"):
+    torch.manual_seed(0)
+    return build_model(spec, img_size=28, in_chans=1, num_classes=10, attn_backend=backend)[0].eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec,backend", [("vit:Mu/7", "math"), ("vit:Mu/7", "sdpa"), ("resnet9", "sdpa")])
+def test_onnx_export_matches_eager(tmp_path, spec, backend):
+    """Mu/7 at 28 px has 17 tokens (16 patches and the class token): an odd length."""
+    pytest.importorskip("onnxruntime")
+    x = torch.randn(3, 1, 28, 28)
+    served = serve("onnxruntime", _model(spec, backend), x, "cpu", "fp32", tmp_path)
+    assert served.max_error < 1e-4 and served.setup_metric == "export_time" and served.setup_seconds > 0
+    assert np.asarray(served.run()).shape == (3, 10) and served.detail["provider"] == "CPUExecutionProvider"
+
+
+def test_the_triton_backend_does_not_export_and_says_why(tmp_path):
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(EngineUnavailable, match="cannot export to ONNX"):
+        serve("onnxruntime", _model("vit:Mu/7", "triton"), torch.randn(1, 1, 28, 28), "cpu", "fp32", tmp_path)
+
+
+def test_a_wrong_export_is_caught_by_the_parity_check(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    real_export = torch.onnx.export
+
+    def export_another_model(model, args, **kwargs):
+        wrong = _model("resnet9")
+        with torch.no_grad():
+            wrong.fc.bias.add_(1.0)
+        return real_export(wrong, args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", export_another_model)
+    with pytest.raises(EngineMismatch, match="disagrees with eager on the same input"):
+        serve("onnxruntime", _model("resnet9"), torch.randn(1, 1, 28, 28), "cpu", "fp32", tmp_path)
+    rows = run_cell(latency_cell(engine="onnxruntime"), CellContext("t", "r", tmp_path))
+    assert rows[0]["status"] == "error" and "disagrees with eager" in rows[0]["error"]
+
+
+def test_setup_time_is_never_inside_the_timed_region(tmp_path, monkeypatch):
+    """A compile that takes 1.5 s: its own metric, while every timed call stays fast; paired with eager."""
+
+    def slow_compile(model, **kwargs):
+        time.sleep(1.5)
+        return model
+
+    monkeypatch.setattr(engines.torch, "compile", slow_compile)
+    rows = run_cell(latency_cell(engine="compile", compare_to={"engine": "eager"}), CellContext("t", "r", tmp_path))
+    by = {(r["metric"], r["engine"]): r for r in rows}
+    assert {r["status"] for r in rows} == {"ok"}, rows
+    assert by[("compile_time", "compile")]["value"] >= 1.5 and by[("engine_max_error", "compile")]["value"] == 0
+    for engine in ("compile", "eager"):
+        samples = [float(v) for v in by[("latency_p50", engine)]["samples"].split(";")]
+        assert len(samples) == 20 and max(samples) < 1000  # ms: no call paid the 1.5 s
+        assert by[("latency_p50", engine)]["value"] <= by[("latency_p99", engine)]["value"]
+    ratio = by[("latency_ratio", "compile")]
+    assert ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"] and ratio["paired_with"] == "resnet9 eager"
+
+
+def test_an_engine_that_is_not_installed_is_a_skipped_row_with_the_hint(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    rows = run_cell(latency_cell(engine="onnxruntime"), CellContext("t", "r", tmp_path))
+    assert [r["status"] for r in rows] == ["skipped"] and "pip install 'vitbench[onnx]'" in rows[0]["error"]
+
+
+def test_engines_apply_to_inference_only():
+    from bench.spec import SpecError
+
+    with pytest.raises(SpecError, match="engine does not apply to task train"):
+        TASKS["train"].check(CellSpec(model="resnet9", task="train", img_size=28, engine="compile"))
+    with pytest.raises(SpecError, match="compile does not apply to task infer"):
+        TASKS["infer"].check(CellSpec(model="resnet9", img_size=28, compile=True))
+    with pytest.raises(SpecError, match="compare_to names the same"):
+        latency_cell(compare_to={"engine": "eager"})
