@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -215,8 +216,26 @@ def main(argv: list[str] | None = None) -> int:
         stream.reconfigure(errors="backslashreplace")  # any path prints, whatever the locale
     try:
         args = build_parser().parse_args(argv)
-    except UsageError as err:  # before the heavy imports below: a mistyped command answers at once
+    except UsageError as err:  # before any heavy import: a mistyped command answers at once
         return _fail(str(err), 2)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return _interrupted(signal.SIGINT)
+    except Exception as err:  # noqa: BLE001 - no traceback reaches the user; VITBENCH_DEBUG=1 shows it
+        if os.environ.get("VITBENCH_DEBUG") == "1":
+            raise
+        return _fail(f"internal error ({type(err).__name__}: {err}); set VITBENCH_DEBUG=1 to see the traceback", 1)
+
+
+def _interrupted(sig: int) -> int:
+    print(f"\ninterrupted ({'Ctrl-C' if sig == signal.SIGINT else f'signal {sig}'}): the running cells were stopped "
+          "and not recorded; finished cells are saved: run again with the same --run-dir to resume", file=sys.stderr)
+    return 128 + sig
+
+
+def _dispatch(args) -> int:
+    """Run the command; the errors a user can cause are one line and an exit code."""
     from .cell import NO_SPACE
     from .compare import CompareError
     from .executors.process import CellEnvironmentError
@@ -234,18 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{err}; the run stopped: free space and run again with the same --run-dir to resume", 1)
     except OSError as err:
         if err.errno in NO_SPACE:
-            return _fail(f"no space left on the device ({err}); finished cells are saved: free space and run again "
-                        "with the same --run-dir to resume", 1)
+            return _fail(f"no space left on the device ({err}); finished cells are saved: free space and run "
+                         "again with the same --run-dir to resume", 1)
         return _fail(str(err), 2)
-    except (KeyboardInterrupt, Stopped) as err:
-        sig = err.signum if isinstance(err, Stopped) else 2
-        print(f"\ninterrupted ({'Ctrl-C' if sig == 2 else f'signal {sig}'}): the running cells were stopped and "
-              "not recorded; finished cells are saved: run again with the same --run-dir to resume", file=sys.stderr)
-        return 128 + sig
-    except Exception as err:  # noqa: BLE001 - no traceback reaches the user; VITBENCH_DEBUG=1 shows it
-        if os.environ.get("VITBENCH_DEBUG") == "1":
-            raise
-        return _fail(f"internal error ({type(err).__name__}: {err}); set VITBENCH_DEBUG=1 to see the traceback", 1)
+    except Stopped as err:
+        return _interrupted(err.signum)
 
 
 if __name__ == "__main__":

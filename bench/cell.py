@@ -9,18 +9,16 @@ space exits EXIT_NO_SPACE: that is the machine's failure, not a result, and the 
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from .env import apply_matmul_policy, code_version
+from .lifetime import die_with_parent, leave_warm_parent, watch_parent
 from .measure.phases import PHASES, STOPWATCH
 from .paths import CellContext
 from .results import RowMaker, write_atomic
@@ -30,18 +28,6 @@ from .tasks.common import is_oom
 
 EXIT_NO_SPACE = 75  # EX_TEMPFAIL
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-try:
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved at import, not in a forked child
-except (OSError, AttributeError):
-    _PRCTL = None  # not Linux: the watchdog thread (_watch_parent) still ends the cell
-
-
-def die_with_parent() -> None:
-    """SIGKILL this process when the thread that started it dies (Linux): called first thing in a cell, and in
-    each data-parallel rank."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_cell(spec: CellSpec, ctx: CellContext, launched: float | None = None) -> list[dict]:
@@ -70,21 +56,9 @@ def _failure(spec: CellSpec, ctx: CellContext, err: Exception) -> list[dict]:
     return [RowMaker(spec, ctx).failure("oom" if is_oom(err) else "error", message)]
 
 
-def _watch_parent() -> None:
-    """Exit when the parent is gone (a backstop for the parent-death signal, which only Linux has)."""
-    parent = os.getppid()
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def run_job(job_path: Path, rows_path: Path) -> int:
     """The cell of a job file, its rows to rows_path; the process's exit code."""
-    _watch_parent()
+    watch_parent()
     code_version()  # the version of the code this process imports, read now (rows are made at the end)
     apply_matmul_policy()
     job = json.loads(job_path.read_text())
@@ -105,6 +79,7 @@ def child_main(job: str, rows: str, log: str, env: dict[str, str]) -> None:
     its log, its environment (CUDA_VISIBLE_DEVICES, caches) set before anything touches CUDA or Triton."""
     os.setsid()
     die_with_parent()
+    leave_warm_parent()
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)

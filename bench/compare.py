@@ -30,7 +30,6 @@ import pandas as pd
 from .results import METRICS, STATUSES, read_records, rows_frame, setting_columns
 from .stats import difference_interval
 
-FAILED = ("oom", "timeout", "killed", "error", "skipped")  # a setting in one of these is not ok
 
 
 class CompareError(ValueError):
@@ -105,6 +104,12 @@ def _verdict(r: pd.Series) -> str:
     return "improvement" if better else "regression"
 
 
+def _status_change(a: str, b: str) -> str:
+    """A setting that stopped being ok regressed, one that became ok improved; one failure turning into another
+    (oom -> error) only changed."""
+    return "regression" if a == "ok" else "improvement" if b == "ok" else "changed"
+
+
 def compare(run_a: Path, run_b: Path, fail_above: dict[str | None, float] | None = None,
             allow_different_devices: bool = False, metrics: list[str] | None = None) -> Comparison:
     a, b = _frame(Path(run_a)), _frame(Path(run_b))
@@ -129,7 +134,7 @@ def compare(run_a: Path, run_b: Path, fail_above: dict[str | None, float] | None
     changed = statuses[statuses["status_a"].fillna("") != statuses["status_b"].fillna("")].reset_index()
     changed = changed[changed["status_a"].notna() & changed["status_b"].notna()]  # one-sided ones: see metrics
     changed["metric"] = "status"
-    changed["verdict"] = [f"{'regression' if sb in FAILED else 'improvement'} ({sa} -> {sb})"
+    changed["verdict"] = [f"{_status_change(sa, sb)} ({sa} -> {sb})"
                           for sa, sb in zip(changed["status_a"], changed["status_b"])]
     table = pd.concat([changed, merged], ignore_index=True)
     table = table.reindex(table["ratio"].map(lambda r: -abs(np.log(r)) if r and np.isfinite(r) else 0.0)

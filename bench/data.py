@@ -342,11 +342,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VITBENCH_CACHE") or Path.home() / ".cache" / "vitbench") / "data"
 
 
-def _sha256(paths: list[Path], by_content: bool = True) -> str:
-    """Of the files' bytes, or (by_content False) of their names, sizes and modification times."""
+def _sha256(paths: list[Path], by_content: bool = True, names: bool = True) -> str:
+    """Of the files' bytes (read in blocks), or (by_content False) of their names, sizes and modification times;
+    with `names`, of where each file sits in its dataset (not where the dataset sits on this machine) too."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update("/".join(path.parts[-2:]).encode())  # where a file sits in its dataset, not on this machine
+        if names:
+            digest.update("/".join(path.parts[-2:]).encode())
         if by_content:
             with open(path, "rb") as f:
                 for block in iter(lambda: f.read(1 << 20), b""):
@@ -367,17 +369,21 @@ def _save_array(path: Path, array: np.ndarray) -> str:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return _sha256([path], names=False)
+
+
+def _entry_file(entry: Path, suffix: str) -> Path:
+    return entry.parent / f"{entry.name}.{suffix}"
 
 
 def _read_cache(entry: Path) -> tuple[Split, tuple[str, ...]]:
     """A cache entry, memory-mapped (copy on write) after its arrays matched their checksums; ValueError when
     missing or damaged."""
-    meta = json.loads(entry.with_suffix(".json").read_text())
+    meta = json.loads(_entry_file(entry, "json").read_text())
     arrays = {}
     for name, digest in meta["sha256"].items():
-        path = entry.with_suffix(f".{name}.npy")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        path = _entry_file(entry, f"{name}.npy")
+        if _sha256([path], names=False) != digest:
             raise ValueError(f"{path}: checksum mismatch")
         arrays[name] = torch.from_numpy(np.load(path, mmap_mode="c"))
     return Split(arrays["x"], arrays.get("y")), tuple(meta["classes"])
@@ -386,12 +392,12 @@ def _read_cache(entry: Path) -> tuple[Split, tuple[str, ...]]:
 def _write_cache(entry: Path, split: Split, classes: tuple[str, ...], sources: list[Path]) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"x": split.x.numpy()} if split.y is None else {"x": split.x.numpy(), "y": split.y.numpy()}
-    digests = {name: _save_array(entry.with_suffix(f".{name}.npy"), array) for name, array in arrays.items()}
+    digests = {name: _save_array(_entry_file(entry, f"{name}.npy"), array) for name, array in arrays.items()}
     meta = json.dumps({"sha256": digests, "classes": list(classes), "sources": [str(p) for p in sources]})
     fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".meta.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(meta)
-    os.replace(tmp, entry.with_suffix(".json"))  # last: an entry without its meta is not an entry
+    os.replace(tmp, _entry_file(entry, "json"))  # last: an entry without its meta is not an entry
 
 
 def _decoded(name: str, split: str, img_size: int, images_only: bool = False) -> tuple[Split, tuple[str, ...], str,
@@ -400,7 +406,7 @@ def _decoded(name: str, split: str, img_size: int, images_only: bool = False) ->
     kind, match = _kind(name)
     place, sources = kind.files(match, split, images_only)
     checksum = _sha256(sources, kind.by_content)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:80]
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:80]
     entry = cache_dir() / f"{slug}-{split}{'-images' if images_only else ''}-{img_size}px-{checksum[:16]}"
     try:
         return (*_read_cache(entry), str(place), checksum)

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from .lifetime import die_with_parent
 from .paths import CellContext
 from .spec import CellSpec
 
@@ -52,6 +53,7 @@ Train = Callable[[CellSpec, CellContext, Ranks], "list[dict] | None"]  # rows on
 
 def _rank_main(train: Train, spec_json: str, ctx_json: str):
     """One rank (a process the launcher started): join the group, train, leave."""
+    die_with_parent()  # with its cell, whatever ends it
     spec, ctx = CellSpec.from_json(spec_json), CellContext.from_dict(json.loads(ctx_json))
     ranks = Ranks(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     if spec.device == "cuda":

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,7 +249,7 @@ def _mixer(recipe: Recipe, num_classes: int):
 
 # Evaluation batches: a GPU is fastest with large ones; a CPU with cache-sized ones (10,000 Fashion-MNIST test images
 # took 1.8 / 2.7 / 8.0 s at batch 250 against 2.0 / 2.8 / 13.9 s at 1,000 for ResNet-9 / ViT Mu/7 / Mu/4 here).
-EVAL_BATCH = {"cuda": 4096, "cpu": 256}
+EVAL_BATCH = {"cuda": 1024, "cpu": 256}
 
 
 @torch.inference_mode()
@@ -271,6 +274,23 @@ def evaluate(model, x_uint8: torch.Tensor, y: torch.Tensor, augment: DeviceAugme
 
 
 # ------------------------------------------------------------------------------------------ curves
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """torch.save, atomically (a temp file renamed over the target). torch reports a write that fails on a full
+    device as a RuntimeError without an errno: that is raised as OSError(ENOSPC), so that the cell stops the run
+    instead of recording an error row (bench/cell.py)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as err:
+        full = shutil.disk_usage(path.parent).free < (64 << 20)  # before the partial file is removed
+        tmp.unlink(missing_ok=True)
+        if full and not (isinstance(err, OSError) and err.errno not in (None, errno.ENOSPC)):
+            raise OSError(errno.ENOSPC, f"no space left on the device writing {path}") from err
+        raise
 
 
 class NonFiniteLoss(RuntimeError):

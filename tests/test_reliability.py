@@ -59,6 +59,20 @@ def test_one_signal_ends_the_run_at_once_and_records_nothing_half_done(tmp_path,
     assert (run_dir / ".lock").read_text() == ""  # released
 
 
+@pytest.mark.slow
+def test_a_runner_killed_with_sigkill_takes_its_running_cell_along(tmp_path):
+    """No handler runs on SIGKILL: the warm parent sees the runner go and exits, and its cells die with it."""
+    run_dir = tmp_path / "run"
+    proc = runner(suite_file(tmp_path, TWO_SLOW_CELLS), run_dir)
+    try:
+        wait_for(lambda: cell_processes(run_dir), what="the first cell process")
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: not cell_processes(run_dir), timeout=10, what="the cell to die with its runner")
+    finally:
+        proc.kill()
+
+
 @needs_fmnist
 @pytest.mark.slow
 def test_sigterm_takes_the_data_parallel_ranks_along(tmp_path):
@@ -256,7 +270,7 @@ def test_a_cell_that_cannot_write_exits_for_the_runner_to_stop(tmp_path, monkeyp
                                                                    "run_dir": str(tmp_path), "concurrency": 1,
                                                                    "placement": "local"}}))
     monkeypatch.setattr(cell, "write_atomic", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
-    monkeypatch.setattr(cell, "_watch_parent", lambda: None)
+    monkeypatch.setattr(cell, "watch_parent", lambda: None)
     assert cell.run_job(job, tmp_path / "rows.json") == cell.EXIT_NO_SPACE
 
 

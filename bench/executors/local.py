@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable
 
@@ -80,8 +80,11 @@ class LocalExecutor:
 
         pool = ThreadPoolExecutor(max_workers=max(1, len(slots)))
         try:
-            for future in [pool.submit(work, cell) for cell in cells]:
-                future.result()
+            pending = {pool.submit(work, cell) for cell in cells}
+            while pending:  # the first failure of any cell's thread stops everything, not the one in order
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()
         except BaseException:  # Ctrl-C, SIGTERM, a full disk, a crash of the runner: stop everything now
             self.groups.stop()
             pool.shutdown(wait=False, cancel_futures=True)

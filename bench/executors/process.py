@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 
 from .. import cell as cell_entry
-from ..cell import EXIT_NO_SPACE, die_with_parent
+from ..cell import EXIT_NO_SPACE
+from ..lifetime import die_with_parent
 from ..paths import CellContext
 from ..results import RowMaker, check_rows, write_atomic
 from ..spec import CellSpec
@@ -70,10 +71,11 @@ class CellGroups:
                 kill_group(pid)
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL the process group a cell leads (the cell and anything it started), or the cell alone if it has
-    not made its group yet."""
-    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+def kill_group(pid: int, alone_too: bool = True) -> None:
+    """SIGKILL the process group a cell leads (the cell and anything it started), or, with `alone_too`, the cell
+    alone if it has not made its group yet (never after the cell was reaped: its pid may be another's by then)."""
+    kills = ((os.killpg, pid), (os.kill, pid)) if alone_too else ((os.killpg, pid),)
+    for kill, target in kills:
         try:
             kill(target, signal.SIGKILL)
             return
@@ -166,18 +168,19 @@ def run_cell_process(cell: CellSpec, ctx: CellContext, timeout_s: int, env_extra
     oom_before = oom_kills()
     proc = _Process(start, job_path, rows_path, log_path, env)
     groups.add(proc.pid)
+    returncode = None
     try:
         returncode = proc.wait(timeout_s)
     finally:
-        kill_group(proc.pid)  # the cell and anything it left behind
-        proc.reap()
         groups.discard(proc.pid)
+        kill_group(proc.pid, alone_too=returncode is None)  # the cell (if still running) and what it left behind
+        proc.reap()
     wall = time.time() - launched
     job_path.unlink(missing_ok=True)
     maker = RowMaker(cell, ctx).set(cell_wall_s=round(wall, 3))
     if returncode is None:
         return [maker.failure("timeout", f"cell exceeded timeout_s={timeout_s}s")]
-    tail = log_path.read_text(errors="replace")[-1500:].strip().replace("\n", " | ")
+    tail = log_path.read_text(errors="replace")[-1500:].strip().replace("\n", " | ") if log_path.exists() else ""
     if returncode == EXIT_NO_SPACE:
         raise CellEnvironmentError(f"cell {cell.cell_id} could not write its results: no space left on the device "
                                    f"({tail[-300:]})")

@@ -25,7 +25,7 @@ from ..results import RowMaker
 from ..spec import CellSpec
 from ..tasks import TASKS
 from .local import OnDone, OnStart, by_stage
-from .process import run_cell_process
+from .process import CellEnvironmentError, run_cell_process
 
 
 class RayUnavailable(RuntimeError):
@@ -147,6 +147,10 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
 
+    def _lost(self, cell: CellSpec, err: Exception) -> list[dict]:
+        reason = str(err).strip().splitlines()[0][:300]
+        return [RowMaker(cell, self.ctx).failure("killed", f"Ray lost the cell: {type(err).__name__}: {reason}")]
+
     def _collect(self, ray, board, pending: dict, by_id: dict, on_start: OnStart, on_done: OnDone) -> None:
         paths = RunPaths(self.run_dir)
         while pending:
@@ -158,10 +162,12 @@ class RayExecutor:
                 cell = pending.pop(ref)
                 try:
                     rows, outputs = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    if isinstance(err.cause, CellEnvironmentError):  # a full disk on the node: stop, as locally
+                        raise err.cause from None
+                    rows, outputs = self._lost(cell, err), {}
                 except ray.exceptions.RayError as err:  # a lost worker or node, or Ray itself failing
-                    reason = str(err).strip().splitlines()[0][:300]
-                    rows, outputs = [RowMaker(cell, self.ctx).failure("killed", f"Ray lost the cell: "
-                                                                              f"{type(err).__name__}: {reason}")], {}
+                    rows, outputs = self._lost(cell, err), {}
                 for name, data in outputs.items():
                     path = paths.inside(name)
                     path.parent.mkdir(parents=True, exist_ok=True)

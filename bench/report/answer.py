@@ -11,6 +11,7 @@ bootstrap intervals; latency ratios of separate cells with a bootstrap interval 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -117,9 +118,11 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
         c = f.crossover
         if c.status == "predicted":
             n = c.n_star
+            where = (f"{c.extrapolation_factor:,.1f}x beyond the measured range" if c.extrapolation_factor > 1
+                     else "inside the measured range")
             lines.append(f"- the ViT's curve meets the CNN's at about {n.estimate:,.0f} images [{n.low:,.0f}, "
-                         f"{n.high:,.0f}] ({c.extrapolation_factor:,.0f}x beyond the measured range; "
-                         f"{c.share_of_bootstraps_crossing:.0%} of the bootstrap fits cross)")
+                         f"{n.high:,.0f}] ({where}; {c.share_of_bootstraps_crossing:.0%} of the bootstrap fits "
+                         "cross)")
         else:
             lines.append(f"- crossover: {c.status} ({c.reason})")
         lines.append("")
@@ -182,7 +185,7 @@ def _latency_samples(runs: Runs, device: str) -> pd.DataFrame:
     cells pooled)."""
     lat = ok_metric(runs.rows, "latency_p50", device=device).dropna(subset=["samples"])
     lat = lat.assign(calls=[[float(v) for v in s.split(";")] for s in lat["samples"]])
-    return lat.groupby(["label", "family", "engine", "batch_size"], as_index=False)["calls"].agg(
+    return lat.groupby(["label", "family", "engine", "batch_size", "dtype", "img_size"], as_index=False)["calls"].agg(
         lambda lists: [v for values in lists for v in values])
 
 
@@ -228,14 +231,14 @@ def latency_answer(runs: Runs, device: str) -> list[str]:
     lines = ["**ViT / CNN latency across engines** (median call time of each native ViT over the fastest CNN's at "
              "the same batch and engine; separate cells, bootstrap 95 % interval of the ratio of medians; "
              "[table](#deployment-latency)):", ""]
-    for (engine, batch), group in latency.groupby(["engine", "batch_size"]):
+    for (engine, batch, dtype, px), group in latency.groupby(["engine", "batch_size", "dtype", "img_size"]):
         cnns = group[group["family"] == "cnn"]
         if cnns.empty:
             continue
         cnn = cnns.loc[cnns["calls"].map(lambda v: pd.Series(v).median()).idxmin()]
         for _, vit in group[(group["family"] == "vit") & group["label"].str.startswith("vit:")].iterrows():
             ratio = ratio_of_medians_interval(vit["calls"], cnn["calls"])
-            lines.append(f"- {engine}, batch {int(batch)}: `{vit['label']}` / `{cnn['label']}` "
+            lines.append(f"- {engine}, batch {int(batch)}, {px} px {dtype}: `{vit['label']}` / `{cnn['label']}` "
                          f"{ratio.estimate:.2f}x [{ratio.low:.2f}, {ratio.high:.2f}]")
     return lines + [""] if len(lines) > 2 else []
 
@@ -300,13 +303,15 @@ def _against_resnet50(runs: Runs, thr: pd.DataFrame, device: str) -> list[str]:
 
 
 def answer(runs: Runs) -> str:
+    """The answer per device model (a CPU run and a GPU run, or runs on two GPU models, are answered apart)."""
     parts = ["## Answer", ""]
-    for device in sorted(runs.rows["device"].unique()):
-        lines = (accuracy_answer(runs, device) + transfer_answer(runs, device) + fastest_answer(runs, device)
-                 + latency_answer(runs, device) + speed_answer(runs, device))
+    rows = runs.rows.assign(device_name=runs.rows["device_name"].fillna("?"))
+    for (device, name), mine in rows.groupby(["device", "device_name"]):
+        only = dataclasses.replace(runs, rows=mine)
+        lines = (accuracy_answer(only, device) + transfer_answer(only, device) + fastest_answer(only, device)
+                 + latency_answer(only, device) + speed_answer(only, device))
         if lines:
-            name = runs.rows.loc[runs.rows["device"] == device, "device_name"].dropna()
-            parts += [f"### On {device}" + (f" ({name.iloc[0]})" if len(name) else ""), ""] + lines
+            parts += [f"### On {device} ({name})", ""] + lines
     if len(parts) == 2:
         parts.append("_No accuracy or throughput results to answer from._")
     return "\n".join(parts)

@@ -111,6 +111,7 @@ def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
     if acc.empty:
         return acc
     acc["accuracy"] = acc["value"] * 100
+    acc = acc.sort_values("seed")  # values in seed order: seed i of one model pairs with seed i of another
     keys = [*setting_columns(), "device_name"]
     summary = acc.groupby(keys, dropna=False, sort=False).agg(
         mean=("accuracy", "mean"), seeds=("seed", "nunique"),

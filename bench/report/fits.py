@@ -7,6 +7,9 @@ the fit without the largest size, predicting it. Per family: the same law in tra
 compute frontier (the cells no cheaper cell of the family beats; the ViT paper's Figure 5). A forecast (the best
 ViT's and the best CNN's predicted accuracy at 10x and 100x the largest measured size, and where their curves
 meet) is an answer only when both back-tests missed by at most 3 points; otherwise it is printed as unreliable.
+Every curve's bootstrap draws the same resample of seed indices at each size (seed 0 of the generator), and each
+size's errors are in seed order, so where two curves share their sizes and seeds (a seed draws the same subset for
+every model) the crossover's bootstrap pairs them by seed.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def data_curves(runs: Runs) -> list[Curve]:
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     summary = summary[summary["protocol"] == "converged"]
     curves = []
-    for (device, dataset, budget, label), group in summary.groupby(["device", "dataset", "budget", "label"]):
+    for (device, _, dataset, budget, label), group in summary.groupby(["device", "device_name", "dataset", "budget",
+                                                                      "label"]):
         converged = group[group["converged"]]
         curve = Curve(device, dataset, budget, label, group["family"].iloc[0],
                       {float(n): [1 - v / 100 for v in values] for n, values in zip(converged["subset"],
@@ -105,7 +109,8 @@ def frontier_curves(runs: Runs) -> list[Curve]:
         flops=("flops", "mean"), values=("value", list), family=("family", "first"))
     cells["error"] = [1 - sum(v) / len(v) for v in cells["values"]]
     curves = []
-    for (device, dataset, family), group in cells.reset_index().groupby(["device", "dataset", "family"]):
+    for (device, _, dataset, family), group in cells.reset_index().groupby(["device", "device_name", "dataset",
+                                                                            "family"]):
         front = _frontier(group)
         curves.append(_fitted(Curve(device, dataset, "frontier", family, family,
                                     {float(f): [1 - v for v in values] for f, values in zip(front["flops"],
@@ -124,7 +129,7 @@ class Forecast:
 
 
 def _best(curves: list[Curve], family: str) -> Curve | None:
-    """The fitted curve of the family with the highest measured accuracy at its largest size."""
+    """The fitted curve of the family that reaches the largest size, and of those the most accurate there."""
     fitted = [c for c in curves if c.family == family and c.fit is not None]
     return min(fitted, key=lambda c: (-max(c.points), sum(c.points[max(c.points)]) / len(c.points[max(c.points)])),
                default=None)

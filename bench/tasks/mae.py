@@ -25,7 +25,7 @@ from ..paths import CellContext
 from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError, boolean, fraction, mapping_of, positive_int
-from ..training import BudgetClock, Curve, make_optimizer, recipe_column, recipe_for, run_budget
+from ..training import BudgetClock, Curve, make_optimizer, recipe_column, recipe_for, run_budget, save_checkpoint
 from .common import Task, check_model_cell, reject
 
 MAE_DEFAULTS = {"mask_ratio": 0.75, "decoder_depth": 2, "decoder_dim": 128, "decoder_heads": 4, "norm_pix_loss": True}
@@ -109,10 +109,8 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         run_budget(clock, optimizer, lr, recipe.warmup_frac, gen, device, step, held_out_loss)
 
     phase("write")
-    path = ctx.paths.checkpoint(spec.cell_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": mae.encoder_state_dict(), "mae": mae.state_dict(), "mae_options": options,
-                "spec": spec.to_dict()}, path)
+    save_checkpoint({"model": mae.encoder_state_dict(), "mae": mae.state_dict(), "mae_options": options,
+                     "spec": spec.to_dict()}, ctx.paths.checkpoint(spec.cell_id))
     curve.write(ctx.paths.curve(spec.cell_id), spec=spec.to_dict(), mae=options)
     artifact = _reconstruction_figure(mae, spec, data, ctx)
 
@@ -151,9 +149,8 @@ def _reconstruction_figure(mae, spec: CellSpec, data, ctx: CellContext) -> str:
     mae.eval()
     masked, recon = mae.reconstruct(x, generator=torch.Generator(device=x.device).manual_seed(spec.seed))
     data_path, figure_path = (ctx.paths.artifact(spec.cell_id, f"mae_reconstruction.{ext}") for ext in ("pt", "png"))
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": x.cpu(), "masked": masked.cpu(), "reconstruction": recon.cpu(),
-                "mask_ratio": mae.mask_ratio}, data_path)
+    save_checkpoint({"images": x.cpu(), "masked": masked.cpu(), "reconstruction": recon.cpu(),
+                     "mask_ratio": mae.mask_ratio}, data_path)
     fig, axes = plt.subplots(3, N_FIGURE, figsize=(1.6 * N_FIGURE, 5.2))
     for col in range(N_FIGURE):
         for row, (title, images) in enumerate((("original", x), ("masked input", masked), ("reconstruction", recon))):

@@ -12,6 +12,7 @@ from ..models import build_model, model_family
 from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
+from ..training import save_checkpoint
 from .common import CheckpointRef, Task, check_model_cell, reject
 
 N_IMAGES = 6
@@ -58,9 +59,8 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     phase("write")
 
     data_path, figure_path = (ctx.paths.artifact(spec.cell_id, f"attention_rollout.{ext}") for ext in ("pt", "png"))
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"images": images, "labels": labels, "predictions": predictions, "rollout": rollout,
-                "classes": list(data.classes)}, data_path)
+    save_checkpoint({"images": images, "labels": labels, "predictions": predictions, "rollout": rollout,
+                     "classes": list(data.classes)}, data_path)
     fig, axes = plt.subplots(2, N_IMAGES, figsize=(13, 4.8))
     for i in range(N_IMAGES):
         image = images[i].float().mean(0).numpy()

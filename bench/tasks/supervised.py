@@ -25,7 +25,7 @@ from ..models import ModelInfo, build_model, load_weights, model_family
 from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
-from ..training import divergence, final_test, recipe_column, recipe_for, train_classifier
+from ..training import divergence, final_test, recipe_column, recipe_for, save_checkpoint, train_classifier
 from .common import CheckpointRef, Task, check_model_cell, reject
 
 
@@ -204,9 +204,8 @@ def run_ranks(spec: CellSpec, ctx: CellContext, ranks: Ranks) -> list[dict] | No
     result.curve.write(ctx.paths.curve(spec.cell_id), spec=spec.to_dict(), init=origin,
                        recipe=dataclasses.asdict(recipe))
     if start.keeps_weights:
-        path = ctx.paths.checkpoint(spec.cell_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": result.model.state_dict(), "spec": spec.to_dict(), "accuracy": test.accuracy}, path)
+        save_checkpoint({"model": result.model.state_dict(), "spec": spec.to_dict(), "accuracy": test.accuracy},
+                        ctx.paths.checkpoint(spec.cell_id))
 
     clock = result.clock
     maker = RowMaker(spec, ctx, family=info.family, impl=info.impl, variant=info.variant, patch=info.patch,
