@@ -39,7 +39,9 @@ def time_calls(call: Callable[[], object], *, device: str, warmup: int, calls: i
 def time_calls_paired(call_a: Callable[[], object], call_b: Callable[[], object], *, device: str, warmup: int,
                       calls: int, block: int = 10) -> tuple[list[float], list[float], list[float]]:
     """Both callables timed in alternating blocks of `block` calls (ABBA ...), so that slow drift of the machine
-    hits both alike: (a's per-call times, b's, and per pair of blocks the ratio of a's median to b's)."""
+    hits both alike: (a's per-call times, b's, and per pair of blocks the ratio of a's median to b's). Each block
+    starts with one untimed call: the side that ran before may leave work behind (ONNX Runtime's worker threads
+    spin on after a run returns), which would otherwise land on the first timed calls of the other side."""
     for _ in range(warmup):
         call_a()
         call_b()
@@ -49,6 +51,8 @@ def time_calls_paired(call_a: Callable[[], object], call_b: Callable[[], object]
         order = ((call_a, a), (call_b, b)) if i % 2 == 0 else ((call_b, b), (call_a, a))
         blocks = {}
         for call, out in order:
+            call()
+            synchronize(device)
             times = [_time_call(call, device) for _ in range(block)]
             out += times
             blocks[id(out)] = np.median(times)
