@@ -108,7 +108,8 @@ EFFECTIVE = {
     "epochs": "epochs trained",
     "steps": "optimizer steps taken",
     "best_epoch": "epoch of the kept (best validation) checkpoint",
-    "converged": "no validation gain above 0.2 points over the last quarter of the budget (or stopped early)",
+    "converged": "no validation gain above 0.2 points or one validation image over the last quarter of the budget "
+                 "(or stopped early)",
     "stopped_early": "training ended by patience before the budget",
     "channels_last": "CNN ran in channels_last layout",
     "concurrency": "accuracy cells sharing the device",

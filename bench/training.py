@@ -11,7 +11,7 @@ The learning-rate schedule (linear warm-up, cosine decay) runs over the budget's
 runs `evals` times over the budget on a split carved from the cell's own training subset; the best weights are
 kept and restored. The test split is loaded only after training, by `final_test`, once: training code never
 holds it. A curve is converged when the best validation accuracy of the last quarter of the budget beats the
-best before it by at most 0.2 points, or when training stopped early.
+best before it by at most 0.2 points or one validation image (whichever is larger), or when training stopped early.
 
 Recipes are data (RECIPES, per family and phase), overridable per cell (`recipe:` axis) and recorded in each row.
 """
@@ -313,11 +313,13 @@ class Curve:
                             "seconds": clock.train_seconds, "progress": clock.fraction,
                             "lr": optimizer.param_groups[0]["lr"], **measured})
 
-    def converged(self, metric: str = "val_accuracy") -> bool:
-        """No gain of `metric` above 0.2 points over the last quarter of the budget."""
+    def converged(self, val_size: int, metric: str = "val_accuracy") -> bool:
+        """No gain of `metric` over the last quarter of the budget above 0.2 points or one validation image,
+        whichever is larger: a split of 200 images moves in steps of 0.5 points, and one image more is no trend."""
         last = [p[metric] for p in self.points if p["progress"] > 0.75]
         before = [p[metric] for p in self.points if p["progress"] <= 0.75]
-        return bool(before) and max(last, default=-1.0) <= max(before) + CONVERGED_GAIN
+        allowed = max(CONVERGED_GAIN, 1 / val_size) + 1e-9  # the sum of floats may land a hair above one image
+        return bool(before) and max(last, default=-1.0) <= max(before) + allowed
 
     def write(self, path: Path, **meta) -> None:
         write_atomic(path, json.dumps({**meta, "curve": self.points}, indent=1, default=str))
@@ -408,8 +410,9 @@ def train_classifier(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, dat
     with SystemLoad() as load:
         stopped_early = run_budget(clock, optimizer, lr, recipe.warmup_frac, gen, device, step, validate)
     evaluated.load_state_dict(best["state"])
-    return TrainResult(evaluated, curve, clock, best["val"], best["step"], stopped_early or curve.converged(),
-                       stopped_early, noise_columns(load.report))
+    converged = stopped_early or curve.converged(len(val_idx))
+    return TrainResult(evaluated, curve, clock, best["val"], best["step"], converged, stopped_early,
+                       noise_columns(load.report))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ compile or export time and its error against eager.
 
 Paired (`compare_to`, e.g. {engine: eager}): both sides in one process, in alternating blocks of 10 calls (ABBA,
 each after one untimed call), and latency_ratio: this side's median call time over the other side's, with a
-bootstrap interval over the blocks' ratios (below 1: this side is faster). Method version 2: the untimed call.
+bootstrap interval over the blocks' ratios (below 1: this side is faster).
 """
 
 from __future__ import annotations
@@ -72,5 +72,5 @@ def _paired_rows(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared, sam
                         samples=list(np.round(ratios, 6)), **load.report.columns())]
 
 
-TASKS = (Task("latency", "throughput", 2, check, run,
+TASKS = (Task("latency", "throughput", 1, check, run,
               "per-call latency (p50/p90/p99) at small batches in an engine: eager, compile, onnxruntime"),)
