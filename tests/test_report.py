@@ -59,6 +59,7 @@ def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_p
     assert "(not converged)" in answer and "(n=3, t)" in answer  # caveats beside the numbers they affect
     assert "(paired t, n=3;" in answer  # differences paired by seed (every seed draws the same subset for both)
     assert "**Crossover in the measured range**" in answer and "CNN leads by" in answer
+    assert "**Forecast beyond the measured range**" in answer  # a forecast, or a line saying why there is none
     assert "**Fastest model at or above an accuracy**" in answer
     assert "batch-1 latency, onnxruntime: `" in answer and "**ViT / CNN latency across engines**" in answer
     assert "**Paired latency ratios**" in answer and "`vit:Mu/7` compile vs `vit:Mu/7 eager`, latency batch 1" in answer

@@ -104,7 +104,12 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
     lines = ["**Learning curves** (converged protocol; error(n) = e_inf + a n^-b fitted over seeds, bootstrap 95 % "
              "intervals; [figure](#data-efficiency), [back-test figure](#learning-curve-back-test)):", ""]
     lines += [_curve_line(c, "sizes") for c in curves] + [""]
-    for f in (f for f in forecasts(runs) if f.vit.device == device):
+    made = [f for f in forecasts(runs) if f.vit.device == device]
+    if not made:
+        unfitted = [f"`{c.label}` has no fit" for c in curves if c.fit is None]
+        lines += ["**Forecast beyond the measured range**: none, it needs a fitted ViT and a fitted CNN on the same "
+                  f"data and budget ({'; '.join(unfitted) or 'one family has no curve'}).", ""]
+    for f in made:
         largest = max(f.vit.fit.n_max, f.cnn.fit.n_max)
         head = (f"**Forecast beyond the measured range** (extrapolation; best ViT `{f.vit.label}` against best CNN "
                 f"`{f.cnn.label}`, {f.vit.dataset}, {f.vit.group.label()})")
