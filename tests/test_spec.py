@@ -76,3 +76,23 @@ def test_every_axis_has_a_check_and_help():
     for name, f in AXES.items():
         assert callable(f.metadata["check"]) and f.metadata["help"], name
     assert {f.name for f in dataclasses.fields(CellSpec)} == set(AXES)
+
+
+def test_grouping_keys_are_every_identity_axis_but_the_pooled_ones():
+    """The report, metrics.csv and compare group by setting_columns(): a new identity axis is a new key there
+    without anyone listing it (the hand-kept lists had lost nproc, compile, recipe, pool and compare_to)."""
+    from bench.results import setting_columns
+
+    identity = [name for name, f in AXES.items() if f.metadata["identity"]]
+    assert setting_columns() == [name for name in identity if name not in ("seed", "init_cell")]
+    assert {"compile", "nproc", "recipe", "pool", "compare_to", "engine", "calls"} <= set(setting_columns())
+
+
+def test_a_row_with_an_unregistered_metric_is_refused(tmp_path):
+    from bench.paths import CellContext
+    from bench.results import METRICS, RowMaker, SchemaError
+
+    maker = RowMaker(CellSpec(model="resnet9", task="infer", device="cpu"), CellContext("t", "r", tmp_path))
+    assert maker.row("throughput", 1.0)["unit"] == METRICS["throughput"].unit
+    with pytest.raises(SchemaError, match="unregistered metric 'throughputs'"):
+        maker.row("throughputs", 1.0)
