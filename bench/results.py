@@ -99,18 +99,18 @@ EFFECTIVE = {
     "params": "parameters",
     "gflops": "forward GFLOPs per image",
     "attn_backend_used": "attention that ran (math | sdpa | triton | none)",
-    "train_size_used": "training images actually used (the subset minus its validation split)",
-    "val_size": "validation images carved from the subset",
+    "train_size_used": "training images actually used (the stratified subset, outside the validation set)",
+    "val_size": "images of the fixed validation set (the same for every cell of the training split)",
     "batch_size_used": "batch size that ran (accuracy: at most the training images)",
     "init_used": "where fine-tuned weights came from (a path or timm:<name>)",
     "recipe_used": "training recipe that ran (JSON)",
-    "protocol": "accuracy budget protocol: converged | compute-equal",
+    "protocol": "accuracy budget protocol: converged | fixed | compute-equal",
     "epochs": "epochs trained",
     "steps": "optimizer steps taken",
     "best_epoch": "epoch of the kept (best validation) checkpoint",
-    "converged": "no validation gain above 0.2 points or one validation image over the last quarter of the budget "
-                 "(or stopped early)",
-    "stopped_early": "training ended by patience before the budget",
+    "converged": "converged protocol: training stopped at a validation plateau after its learning-rate drops, "
+                 "before the cap (False at the cap, and for the other protocols)",
+    "stopped_early": "training ended by its schedule (a plateau) before the budget's cap",
     "channels_last": "CNN ran in channels_last layout",
     "concurrency": "accuracy cells sharing the device",
     "placement": "where the cell ran (executor:host:device)",
@@ -127,7 +127,9 @@ MEASUREMENT = {
     "metric": "what was measured", "value": "the value (median over repeats)", "unit": "its unit",
     "p20": "20th percentile over repeats", "p80": "80th percentile over repeats",
     "n_repeats": "repeats behind the value", "samples": "raw per-repeat values, ';'-separated",
-    "ci_low": "95% confidence interval, low (paired ratios)", "ci_high": "95% confidence interval, high",
+    "ci_low": "interval of a paired ratio's median, low: order statistics of the repeats' ratios, 95 % or more "
+              "(5 repeats: their range, 94 %; bench/stats/intervals.py); empty with fewer",
+    "ci_high": "the same, high",
     "status": " | ".join(STATUSES), "error": "why a cell failed or was skipped",
 }
 NOISE = {

@@ -99,7 +99,8 @@ def test_setup_time_is_never_inside_the_timed_region(tmp_path, monkeypatch):
         assert len(samples) == 20 and max(samples) < 1000  # ms: no call paid the 1.5 s
         assert by[("latency_p50", engine)]["value"] <= by[("latency_p99", engine)]["value"]
     ratio = by[("latency_ratio", "compile")]
-    assert ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"] and ratio["paired_with"] == "resnet9 eager"
+    assert ratio["paired_with"] == "resnet9 eager" and ratio["n_repeats"] == 2
+    assert ratio["ci_low"] is None and ratio["ci_high"] is None  # 2 blocks: too few for an interval of the median
 
 
 def test_an_engine_that_is_not_installed_is_a_skipped_row_with_the_hint(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 
 from bench.cell import run_cell
 from bench.measure.noise import LoadReport, noise_columns
-from bench.measure.timing import median_ci, time_paired
+from bench.measure.timing import time_paired
+from bench.stats import median_interval
 from bench.paths import CellContext
 from bench.spec import CellSpec
 from bench.tasks import TASKS
@@ -58,8 +59,8 @@ def test_alternation_cancels_drift():
         time.sleep(0.002 + state["t"])
 
     a, b = time_paired(slowing, slowing, device="cpu", warmup=0, repeats=8, iters=1)
-    ratio, low, high = median_ci([tb / ta for ta, tb in zip(a.seconds, b.seconds)])
-    assert low <= 1.0 <= high
+    ratio = median_interval([tb / ta for ta, tb in zip(a.seconds, b.seconds)])
+    assert ratio.method == "order statistics" and ratio.low <= 1.0 <= ratio.high
 
 
 def test_noise_flags():

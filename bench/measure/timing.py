@@ -78,14 +78,3 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     """(median, p20, p80)."""
     median, p20, p80 = np.percentile(np.asarray(values, dtype=float), [50, 20, 80])
     return float(median), float(p20), float(p80)
-
-
-def median_ci(values: list[float], confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple[
-        float, float, float]:
-    """(median, low, high): a bootstrap percentile interval of the median."""
-    x = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(x, size=(resamples, len(x)), replace=True), axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(medians, [alpha, 1 - alpha])
-    return float(np.median(x)), float(low), float(high)

@@ -16,12 +16,13 @@ import numpy as np
 from ..measure.latency import percentiles, time_calls, time_calls_paired
 from ..measure.noise import SystemLoad, noise_columns
 from ..measure.phases import phase
-from ..measure.timing import median_ci
 from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec
 from .common import Task, check_model_cell, reject
-from .throughput import Prepared, check_pair, effective, engine_rows, other_requested, sides, side_label
+from ..stats import median_interval
+from .throughput import (Prepared, check_pair, effective, engine_rows, other_requested, ratio_columns, sides,
+                         side_label)
 
 BLOCK = 10  # calls per block of a paired cell
 
@@ -65,10 +66,10 @@ def _paired_rows(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared, sam
     maker_a = RowMaker(spec, ctx, **effective(a), paired_with=side_label(b.spec, spec))
     maker_b = RowMaker(spec, ctx, **effective(b), paired_with=side_label(spec, b.spec))
     b_requested = other_requested(spec)
-    ratio, low, high = median_ci(ratios)
+    ratio = median_interval(ratios)  # each ratio one ABBA block: the unit that is independent
     return [*_latency_rows(maker_a, samples_a, load), *_latency_rows(maker_b, samples_b, load, **b_requested),
             *engine_rows(maker_a, a), *engine_rows(maker_b, b, **b_requested),
-            maker_a.row("latency_ratio", ratio, ci_low=low, ci_high=high, n_repeats=len(ratios),
+            maker_a.row("latency_ratio", ratio.estimate, **ratio_columns(ratio), n_repeats=len(ratios),
                         samples=list(np.round(ratios, 6)), **load.report.columns())]
 
 

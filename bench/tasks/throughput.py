@@ -27,12 +27,13 @@ from ..measure.flops import forward_flops, peak_tflops
 from ..measure.memory import MIB, PeakMemory, model_bytes
 from ..measure.noise import SystemLoad, noise_columns
 from ..measure.phases import phase
-from ..measure.timing import Timing, median_ci, time_paired, time_steps
+from ..measure.timing import Timing, time_paired, time_steps
 from ..models import ModelInfo, attn_backends, build_model
 from ..paths import CellContext
 from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
+from ..stats import Interval, median_interval
 from .common import Task, check_model_cell, reject
 
 
@@ -222,6 +223,11 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     return out
 
 
+def ratio_columns(ratio: Interval) -> dict:
+    """A paired ratio's interval as ci_low / ci_high (empty where the repeats are too few for one)."""
+    return {"ci_low": ratio.low, "ci_high": ratio.high} if ratio.has_interval else {}
+
+
 def run_paired(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared) -> list[dict]:
     other_spec = b.spec
     phase("train")
@@ -233,10 +239,10 @@ def run_paired(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared) -> li
     maker_b = RowMaker(spec, ctx, **effective(b), paired_with=label_a)
     b_requested = other_requested(spec)
     ratios = [tb / ta for ta, tb in zip(time_a.seconds, time_b.seconds)]  # throughput A / throughput B
-    ratio, low, high = median_ci(ratios)
+    ratio = median_interval(ratios)  # each ratio one pair of repeats
     return [*_timing_rows(maker_a, a, time_a, load), *_timing_rows(maker_b, b, time_b, load, **b_requested),
             *engine_rows(maker_a, a), *engine_rows(maker_b, b, **b_requested),
-            maker_a.row("throughput_ratio", ratio, ci_low=low, ci_high=high, n_repeats=len(ratios),
+            maker_a.row("throughput_ratio", ratio.estimate, **ratio_columns(ratio), n_repeats=len(ratios),
                        samples=ratios, **load.report.columns())]
 
 
