@@ -1,5 +1,6 @@
-"""Datasets: one table (name -> loader, shape, normalisation), uint8 tensors on the training device, nested
-stratified subsets with a validation split carved from each, and on-device augmentation.
+"""Datasets: one table (name -> loader, shape, normalisation), uint8 tensors on the training device, a fixed
+validation set of 1,000 images carved from each training split, nested stratified training subsets of the rest,
+and on-device augmentation.
 
 Names: fashion-mnist, fashion-mnist:<a>-<b> (classes a..b only, relabelled 0..b-a: pretrain on 0-4, fine-tune on
 5-9), cifar10, cifar100 (torchvision's python layout), imagefolder:<path> (<path>/train and <path>/test or
@@ -35,6 +36,8 @@ import torch.nn.functional as F
 
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+VAL_SIZE = 1000  # the fixed validation set carved from the training split (validation_set)
+VALIDATION_SEED = 1_000_003  # its draw, apart from every cell's seed
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 
@@ -478,30 +481,25 @@ def subset_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.argsort(key)
 
 
-def stratified_subset(labels: torch.Tensor, size: int | None, seed: int) -> torch.Tensor:
-    """Indices of `size` training images (all when None), stratified by class and nested across sizes."""
-    order = subset_order(labels, seed)
-    return order if size is None or size >= len(labels) else order[:size]
+def validation_set(labels: torch.Tensor, size: int = VAL_SIZE) -> torch.Tensor:
+    """The fixed validation images of a training split: a stratified draw of `size` images with a seed of its own,
+    the same for every cell (every model, training size and seed of every study) and outside every training subset.
+    A split of fewer than 5 x size images gives a fifth of itself (its rows' val_size says how many)."""
+    size = min(size, len(labels) // 5)
+    return subset_order(labels, VALIDATION_SEED)[:size].to(labels.device)
 
 
-def train_val_split(labels: torch.Tensor, subset: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor,
-                                                                                            torch.Tensor]:
-    """Carve a stratified validation split from a subset (indices in subset order): the last
-    round(val_fraction * n_c) images of each class c, at least one. Returns (train indices, validation indices),
-    disjoint, together the subset. A class with fewer than two images in the subset cannot give both a training
-    and a validation image: ValueError (the suite refuses train sizes below two images per class)."""
-    sub_labels = labels.cpu()[subset.cpu()]
-    counts = torch.bincount(sub_labels)
-    short = [c for c, n in enumerate(counts.tolist()) if n < 2]
-    if short:
-        raise ValueError(f"{len(subset)} training images leave class(es) {short} with fewer than 2 images: no "
-                         "validation image for them; use a larger train_size")
-    is_val = torch.zeros(len(subset), dtype=torch.bool)
-    for c in sub_labels.unique():
-        members = (sub_labels == c).nonzero().squeeze(1)  # positions in subset order
-        n_val = max(1, round(val_fraction * len(members)))
-        is_val[members[len(members) - n_val:]] = True
-    return subset[~is_val.to(subset.device)], subset[is_val.to(subset.device)]
+def cell_split(labels: torch.Tensor, size: int | None, seed: int, val_size: int = VAL_SIZE) -> tuple[torch.Tensor,
+                                                                                                    torch.Tensor]:
+    """(training indices, validation indices) of a cell: `size` training images (all of the pool when None or
+    larger than it), stratified by class and nested across sizes for one seed (the 1k subset is inside the 5k one),
+    drawn from the pool outside the fixed validation set (validation_set)."""
+    val = validation_set(labels, val_size)
+    pool = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    pool[val] = False
+    pool_idx = pool.nonzero().squeeze(1)
+    order = pool_idx[subset_order(labels[pool_idx], seed).to(labels.device)]
+    return (order if size is None else order[:size]), val
 
 
 # ------------------------------------------------------------------------------------- augmentation

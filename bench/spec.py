@@ -156,33 +156,48 @@ DEVICES = ("cpu", "cuda")
 class Budget:
     """How long an accuracy cell trains; exactly one of epochs, seconds, train_flops.
 
-    epochs: the *converged* protocol: at most this many epochs (and at least min_steps optimizer steps, at most
-    max_images images), stopping early after `patience` validations without a gain. seconds / train_flops: the
-    *compute-equal* protocol: every model gets the same training wall time on this device (evaluation pauses
-    the clock) or the same training FLOPs (forward FLOPs x 3 per image). Both keep the checkpoint with the best
-    validation accuracy, checked `evals` times over the budget."""
+    Three protocols (`protocol`), never mixed in one figure:
+      converged      epochs with patience: train until the validation accuracy plateaus (no gain above 0.2 points
+                     for `patience` evaluations), drop the learning rate tenfold `lr_drops` times at such plateaus,
+                     stop at the next one; capped at `epochs` epochs and at most `max_images` images (a cell that
+                     reaches the cap is not converged). Evaluations every `eval_images` training images (default:
+                     one epoch, at least 2,048 images).
+      fixed          epochs without patience: exactly that many epochs on a cosine schedule, `evals` evaluations
+                     (pretraining that keeps its final weights)
+      compute-equal  seconds or train_flops: every model gets the same training wall time on this device
+                     (evaluation pauses the clock) or the same training FLOPs (forward FLOPs x 3 per image), on a
+                     cosine schedule over the budget, `evals` evaluations
+    Every protocol keeps the checkpoint with the best validation accuracy."""
 
     epochs: float | None = None
     seconds: float | None = None
     train_flops: float | None = None
-    min_steps: int = 0
     max_images: int | None = None
     patience: int | None = None
+    lr_drops: int = 2
+    eval_images: int | None = None
     evals: int = 20
 
     CHECKS = {"epochs": positive_number, "seconds": positive_number, "train_flops": positive_number,
-              "min_steps": non_negative_int, "max_images": optional(positive_int), "patience": optional(positive_int),
-              "evals": positive_int}
+              "max_images": optional(positive_int), "patience": optional(positive_int), "lr_drops": non_negative_int,
+              "eval_images": optional(positive_int), "evals": positive_int}
+    CONVERGED_ONLY = ("max_images", "lr_drops", "eval_images")
 
     @classmethod
     def from_dict(cls, value: Any) -> "Budget":
         checked = mapping_of(cls.CHECKS, "budget")(value)
         limits = [k for k in ("epochs", "seconds", "train_flops") if checked.get(k) is not None]
         if len(limits) != 1:
-            raise SpecError(f"a budget needs exactly one of epochs (converged), seconds or train_flops "
+            raise SpecError(f"a budget needs exactly one of epochs (converged or fixed), seconds or train_flops "
                             f"(compute-equal), got {value!r}")
-        if limits[0] != "epochs" and any(checked.get(k) is not None for k in ("patience", "max_images")):
-            raise SpecError("patience and max_images belong to an epochs budget (converged protocol)")
+        if limits[0] != "epochs" and checked.get("patience") is not None:
+            raise SpecError("patience belongs to an epochs budget (the converged protocol)")
+        if checked.get("patience") is None and any(k in checked for k in cls.CONVERGED_ONLY):
+            raise SpecError(f"{', '.join(k for k in cls.CONVERGED_ONLY if k in checked)} belong(s) to the converged "
+                            "protocol: an epochs budget with patience")
+        if checked.get("patience") is not None and "evals" in checked:
+            raise SpecError("evals belongs to a fixed or compute-equal budget; the converged protocol evaluates "
+                            "every eval_images training images")
         checked[limits[0]] = float(checked[limits[0]])  # {epochs: 1} and {epochs: 1.0} are one budget
         return cls(**checked)
 
@@ -191,7 +206,9 @@ class Budget:
 
     @property
     def protocol(self) -> str:
-        return "converged" if self.epochs is not None else "compute-equal"
+        if self.epochs is None:
+            return "compute-equal"
+        return "converged" if self.patience is not None else "fixed"
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
@@ -201,13 +218,17 @@ class Budget:
         return key(self) < key(other)
 
     def label(self) -> str:
-        """For people: '30 s', '1.2e+15 FLOP', 'up to 150 epochs, at most 48,000 images, early stop'."""
+        """For people: '60 s', '1.2e+15 FLOP', '40 epochs', 'until a validation plateau (patience 4, 2 learning-rate
+        drops), at most 100 epochs and 200,000 images'."""
         if self.seconds is not None:
             return f"{self.seconds:g} s"
         if self.train_flops is not None:
             return f"{self.train_flops:.3g} FLOP"
-        cap = f", at most {self.max_images:,} images" if self.max_images else ""
-        return f"up to {self.epochs:g} epochs{cap}" + (", early stop" if self.patience else "")
+        if self.patience is None:
+            return f"{self.epochs:g} epochs"
+        cap = f"at most {self.epochs:g} epochs" + (f" and {self.max_images:,} images" if self.max_images else "")
+        drops = f"{self.lr_drops} learning-rate drop{'' if self.lr_drops == 1 else 's'}"
+        return f"until a validation plateau (patience {self.patience}, {drops}), {cap}"
 
 
 # ------------------------------------------------------------------------------------------ the spec
@@ -242,8 +263,8 @@ class CellSpec:
     num_classes: int = axis(1000, positive_int, "classes of synthetic data (real datasets set their own)")
     attn_shape: tuple[int, int, int, int] | None = axis(None, _attn_shape,
                                                         "task attention: [batch, heads, seq_len, head_dim]")
-    budget: Budget | None = axis(None, _budget, "accuracy tasks: {epochs|seconds|train_flops: N, min_steps, "
-                                                "max_images, patience, evals}")
+    budget: Budget | None = axis(None, _budget, "accuracy tasks: {epochs: cap, patience, lr_drops, max_images, "
+                                                "eval_images} (converged) | {epochs|seconds|train_flops: N, evals}")
     recipe: dict | None = axis(None, mapping, "accuracy tasks: overrides of the family's recipe, e.g. {lr: 0.002}")
     init: str | None = axis(None, optional(text), "finetune / linear_probe: a pretrain dataset of this run "
                                          "(fashion-mnist:0-4), mae:<dataset>, timm, or file:<state dict>")

@@ -1,17 +1,19 @@
-"""Training under a budget, shared by every accuracy task: the recipes, the budget clock and its learning-rate
-schedule, the loop (validation pauses the clock), the kept best-validation weights, the training curve, and the
-final test.
+"""Training under a budget, shared by every accuracy task: the recipes, the budget clock, the schedules (the
+learning rate, when to evaluate, when to stop), the loop (validation pauses the clock), the kept best-validation
+weights, the training curve, and the final test.
 
-Every cell trains under an explicit budget (bench/spec.py: Budget) with one of two protocols:
-  converged      up to `epochs` epochs (at least min_steps steps, at most max_images images), early stop after
-                 `patience` validations without a gain
+Every cell trains under an explicit budget (bench/spec.py: Budget) with one of three protocols:
+  converged      until the validation accuracy plateaus: linear warm-up over the first evaluation interval, then
+                 the recipe's rate until `patience` evaluations bring no gain above 0.2 points, a tenth of the rate
+                 after each of `lr_drops` such plateaus, and a stop at the next one (converged); the cap (epochs,
+                 max_images) stops it too, and then it is not converged
+  fixed          a fixed number of epochs (pretraining that keeps its final weights)
   compute-equal  the same training seconds on this device (evaluation pauses the clock) or the same training
                  FLOPs (forward FLOPs x 3 per image) for every model
-The learning-rate schedule (linear warm-up, cosine decay) runs over the budget's progress, 0 to 1. Validation
-runs `evals` times over the budget on a split carved from the cell's own training subset; the best weights are
-kept and restored. The test split is loaded only after training, by `final_test`, once: training code never
-holds it. A curve is converged when the best validation accuracy of the last quarter of the budget beats the
-best before it by at most 0.2 points or one validation image (whichever is larger), or when training stopped early.
+Fixed and compute-equal budgets run a linear warm-up and a cosine decay over the budget's progress (0 to 1) and
+evaluate `evals` times. Validation uses the fixed validation set of the training split (bench/data.py:
+validation_set, 1,000 images), the same for every cell of a study; the best weights are kept and restored. The
+test split is loaded only after training, by `final_test`, once: training code never holds it.
 
 Recipes are data (RECIPES, per family and phase), overridable per cell (`recipe:` axis) and recorded in each row.
 """
@@ -33,16 +35,17 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .data import DeviceAugment, TrainData, load_test
+from .data import VAL_SIZE, DeviceAugment, TrainData, load_test
 from .distributed import Ranks
 from .measure.noise import SystemLoad, noise_columns
 from .measure.phases import phase
 from .precision import autocast
 from .results import RowMaker, write_atomic
 from .spec import (Budget, CellSpec, boolean, choice, fraction, mapping_of, non_negative_int, non_negative_number,
-                   optional, positive_number)
+                   optional, positive_int, positive_number)
 
-CONVERGED_GAIN = 0.002  # 0.2 points of validation accuracy
+PLATEAU_GAIN = 0.002  # a gain of validation accuracy above 0.2 points (2 images of 1,000) is progress
+MIN_EVAL_IMAGES = 2048  # the converged protocol evaluates at most every 2,048 training images
 
 
 # ------------------------------------------------------------------------------------------ recipes
@@ -65,7 +68,7 @@ class Recipe:
     cutmix: float = 0.0  # cutmix alpha (0: off); with both, one of the two per batch
     ema: float | None = None  # decay of an exponential moving average of the weights, which is evaluated
     layer_decay: float | None = None  # ViT fine-tuning: learning rate x decay^(depth - layer) per layer
-    val_fraction: float = 0.1  # validation split carved from the training subset
+    val_size: int = VAL_SIZE  # images of the fixed validation set (bench/data.py: validation_set)
 
 
 # Recipes per (family, phase). "scratch" trains from scratch under the converged protocol; "scratch-short" under
@@ -90,7 +93,7 @@ check_recipe_overrides = mapping_of({
     "warmup_frac": fraction, "label_smoothing": fraction, "momentum": fraction,
     "grad_clip": optional(positive_number), "drop_path": fraction, "crop_pad": optional(non_negative_int),
     "flip": boolean, "mixup": non_negative_number, "cutmix": non_negative_number, "ema": optional(fraction),
-    "layer_decay": optional(fraction), "val_fraction": fraction, "beta2": fraction,
+    "layer_decay": optional(fraction), "val_size": positive_int, "beta2": fraction,
 }, "recipe")
 AXIS_CHECKS = {"recipe": check_recipe_overrides}  # applied by the suite layer to the `recipe` axis
 
@@ -115,7 +118,8 @@ def recipe_column(recipe: Recipe, phase: str, budget: Budget, batch: int, **extr
 
 
 class BudgetClock:
-    """Where training stands in its budget, from 0 to 1, and what it has spent."""
+    """Where training stands in its budget, from 0 to 1 (for the converged protocol: the share of its cap), and
+    what it has spent."""
 
     def __init__(self, budget: Budget, n_train: int, batch: int, train_flops_per_image: float):
         self.budget = budget
@@ -125,7 +129,7 @@ class BudgetClock:
         self.steps = 0
         self.train_seconds = 0.0
         if budget.epochs is not None:
-            total = max(math.ceil(budget.epochs * max(1, n_train // batch)), budget.min_steps)
+            total = math.ceil(budget.epochs * max(1, n_train // batch))
             if budget.max_images is not None:
                 total = min(total, max(1, budget.max_images // batch))
             self.total_steps = total
@@ -173,22 +177,89 @@ def lr_factor(progress: float, warmup_frac: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup_frac) / max(1e-9, 1 - warmup_frac))))
 
 
-def run_budget(clock: BudgetClock, optimizer: torch.optim.Optimizer, lr: float, warmup_frac: float,
+class Cosine:
+    """Fixed and compute-equal budgets: warm-up and cosine decay over the budget's progress, `evals` evaluations
+    spread over it, no stop before the budget is spent."""
+
+    def __init__(self, clock: BudgetClock, warmup_frac: float):
+        self.clock, self.warmup_frac = clock, warmup_frac
+        self.next_eval = 1
+
+    def lr_factor(self) -> float:
+        return lr_factor(self.clock.fraction, self.warmup_frac)
+
+    def due(self) -> bool:
+        evals = self.clock.budget.evals
+        if self.clock.done or self.clock.fraction >= self.next_eval / evals:
+            self.next_eval = math.floor(self.clock.fraction * evals) + 1
+            return True
+        return False
+
+    def update(self, val_accuracy: float | None) -> bool:
+        return False
+
+    @property
+    def converged(self) -> bool:
+        return False
+
+
+class Plateau:
+    """The converged protocol: evaluate every `eval_images` training images (default one epoch, at least
+    MIN_EVAL_IMAGES); a linear warm-up over the first interval, then the full rate until `patience` evaluations
+    bring no validation-accuracy gain above PLATEAU_GAIN over the best so far; then a tenth of the rate, `lr_drops`
+    times; the next plateau ends training, converged. Reaching the cap (the clock's total steps) ends it
+    unconverged."""
+
+    def __init__(self, clock: BudgetClock):
+        budget = clock.budget
+        images = budget.eval_images or max(clock.n_train, MIN_EVAL_IMAGES)
+        self.clock, self.every = clock, max(1, round(images / clock.batch))
+        self.patience, self.drops_left = budget.patience, budget.lr_drops
+        self.scale, self.best, self.since = 1.0, -math.inf, 0
+        self.converged = False
+
+    def lr_factor(self) -> float:
+        warmup = min(1.0, self.clock.steps / self.every)
+        return self.scale * max(warmup, 1e-3)
+
+    def due(self) -> bool:
+        return self.clock.steps % self.every == 0 or self.clock.done
+
+    def update(self, val_accuracy: float | None) -> bool:
+        if val_accuracy > self.best + PLATEAU_GAIN:
+            self.best, self.since = val_accuracy, 0
+            return False
+        self.best = max(self.best, val_accuracy)
+        self.since += 1
+        if self.since < self.patience:
+            return False
+        if self.drops_left == 0:
+            self.converged = True
+            return True
+        self.drops_left -= 1
+        self.scale /= 10
+        self.since = 0
+        return False
+
+
+def schedule_for(clock: BudgetClock, warmup_frac: float) -> Cosine | Plateau:
+    return Plateau(clock) if clock.budget.protocol == "converged" else Cosine(clock, warmup_frac)
+
+
+def run_budget(clock: BudgetClock, schedule: Cosine | Plateau, optimizer: torch.optim.Optimizer, lr: float,
                gen: torch.Generator, device: str, step: Callable[[torch.Tensor], None],
-               evaluate: Callable[[], bool]) -> bool:
+               evaluate: Callable[[], float | None]) -> bool:
     """The training loop of every accuracy task: shuffled batches of indices into the n_train images until the
-    budget is spent, the learning rate set from the progress, the training clock stopped during evaluation, which
-    runs `evals` times over the budget and returns True to stop early. The first step, which pays one-time costs
-    (allocations, kernel selection, compilation), counts as a step but runs before the clock starts. Returns
-    whether it stopped early."""
-    evals = clock.budget.evals
-    next_eval = 1
+    budget is spent or the schedule stops it, the learning rate from the schedule, the training clock stopped
+    during evaluation (when the schedule says it is due; `evaluate` returns the validation accuracy, or None where
+    there is none). The first step, which pays one-time costs (allocations, kernel selection, compilation), counts
+    as a step but runs before the clock starts. Returns whether the schedule stopped it before the budget."""
     phase("train")
     while True:
         order = torch.randperm(clock.n_train, device=device, generator=gen)
         for start in range(0, clock.n_train - clock.batch + 1, clock.batch):
             started = time.perf_counter()
-            factor = lr_factor(clock.fraction, warmup_frac)
+            factor = schedule.lr_factor()
             for group in optimizer.param_groups:
                 group["lr"] = lr * factor * group["lr_scale"]
             step(order[start:start + clock.batch])
@@ -197,10 +268,9 @@ def run_budget(clock: BudgetClock, optimizer: torch.optim.Optimizer, lr: float, 
                 torch.cuda.synchronize()  # the clock must see the GPU's work, not only its launch
             if clock.steps > 1:
                 clock.train_seconds += time.perf_counter() - started
-            if clock.done or clock.fraction >= next_eval / evals:
-                next_eval = math.floor(clock.fraction * evals) + 1
+            if schedule.due():
                 phase("eval")
-                stop = evaluate()
+                stop = schedule.update(evaluate())
                 phase("train")
                 if stop:
                     return True
@@ -313,14 +383,6 @@ class Curve:
                             "seconds": clock.train_seconds, "progress": clock.fraction,
                             "lr": optimizer.param_groups[0]["lr"], **measured})
 
-    def converged(self, val_size: int, metric: str = "val_accuracy") -> bool:
-        """No gain of `metric` over the last quarter of the budget above 0.2 points or one validation image,
-        whichever is larger: a split of 200 images moves in steps of 0.5 points, and one image more is no trend."""
-        last = [p[metric] for p in self.points if p["progress"] > 0.75]
-        before = [p[metric] for p in self.points if p["progress"] <= 0.75]
-        allowed = max(CONVERGED_GAIN, 1 / val_size) + 1e-9  # the sum of floats may land a hair above one image
-        return bool(before) and max(last, default=-1.0) <= max(before) + allowed
-
     def write(self, path: Path, **meta) -> None:
         write_atomic(path, json.dumps({**meta, "curve": self.points}, indent=1, default=str))
 
@@ -335,8 +397,8 @@ class TrainResult:
     clock: BudgetClock
     best_val: float
     best_step: int
-    converged: bool
-    stopped_early: bool
+    converged: bool  # the converged protocol stopped at a validation plateau (never for the other protocols)
+    stopped_early: bool  # ended by the schedule before the budget
     noise: dict  # the machine's load while training (a seconds budget buys less on a busy machine)
 
 
@@ -364,7 +426,7 @@ def train_classifier(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, dat
     val_x, val_y = data.train.x[val_idx], data.train.y[val_idx]
     clock = BudgetClock(spec.budget, len(train_idx), batch, train_flops_per_image)
     curve = Curve(clock)
-    best = {"val": -1.0, "state": None, "step": 0, "since": 0}
+    best = {"val": -1.0, "state": None, "step": 0}
     totals = {"loss": torch.zeros((), device=device), "correct": torch.zeros((), device=device, dtype=torch.long),
               "seen": 0}
 
@@ -391,7 +453,7 @@ def train_classifier(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, dat
         totals["correct"] += (logits.argmax(-1) == y).sum()
         totals["seen"] += len(y)
 
-    def validate() -> bool:
+    def validate() -> float:
         seen = ranks.total(torch.tensor(float(totals["seen"]), device=device)).item()
         train_loss = ranks.total(totals["loss"]).item() / max(1, seen)  # one host sync per evaluation
         correct = ranks.total(totals["correct"]).item()
@@ -401,17 +463,15 @@ def train_classifier(model: torch.nn.Module, spec: CellSpec, recipe: Recipe, dat
         totals["loss"].zero_(), totals["correct"].zero_()
         totals["seen"] = 0
         if val_acc > best["val"]:
-            best.update(val=val_acc, step=clock.steps, since=0, state=copy.deepcopy(evaluated.state_dict()))
-        else:
-            best["since"] += 1
-        return spec.budget.patience is not None and best["since"] >= spec.budget.patience
+            best.update(val=val_acc, step=clock.steps, state=copy.deepcopy(evaluated.state_dict()))
+        return val_acc
 
     model.train()
+    schedule = schedule_for(clock, recipe.warmup_frac)
     with SystemLoad() as load:
-        stopped_early = run_budget(clock, optimizer, lr, recipe.warmup_frac, gen, device, step, validate)
+        stopped_early = run_budget(clock, schedule, optimizer, lr, gen, device, step, validate)
     evaluated.load_state_dict(best["state"])
-    converged = stopped_early or curve.converged(len(val_idx))
-    return TrainResult(evaluated, curve, clock, best["val"], best["step"], converged, stopped_early,
+    return TrainResult(evaluated, curve, clock, best["val"], best["step"], schedule.converged, stopped_early,
                        noise_columns(load.report))
 
 

@@ -16,7 +16,7 @@ import torch
 from bench import data as data_mod
 from bench import training
 from bench.cell import run_cell
-from bench.data import DataNotFoundError, DeviceAugment, load_test, load_train, stratified_subset, train_val_split
+from bench.data import VAL_SIZE, DataNotFoundError, DeviceAugment, cell_split, load_test, load_train, validation_set
 from bench.models import build_model
 from bench.paths import CellContext
 from bench.spec import Budget, CellSpec
@@ -80,27 +80,30 @@ def _shuffled_labels(n=60_000, seed=5):
     return labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
 
-def test_subsets_are_stratified_and_nested():
+def test_subsets_are_stratified_nested_and_outside_the_fixed_validation_set():
     labels = _shuffled_labels()
-    small, large = stratified_subset(labels, 1000, seed=3), stratified_subset(labels, 5000, seed=3)
+    (small, val), (large, val_again) = cell_split(labels, 1000, seed=3), cell_split(labels, 5000, seed=3)
+    assert torch.equal(val, val_again) and torch.equal(val, validation_set(labels))  # one set for every cell
     assert set(small.tolist()) <= set(large.tolist())
-    for subset, size in ((small, 1000), (large, 5000)):
+    for subset, size in ((small, 1000), (large, 5000), (val, VAL_SIZE)):
         counts = torch.bincount(labels[subset], minlength=10)
         assert len(set(subset.tolist())) == size and (counts - size // 10).abs().max() <= 1
-    assert set(stratified_subset(labels, 1000, seed=4).tolist()) != set(small.tolist())
-    assert len(stratified_subset(labels, None, seed=0)) == 60_000
+    everything, _ = cell_split(labels, None, seed=0)
+    assert len(everything) == 60_000 - VAL_SIZE and set(everything.tolist()).isdisjoint(val.tolist())
+    assert set(cell_split(labels, 1000, seed=4)[0].tolist()) != set(small.tolist())
 
 
-@pytest.mark.parametrize("size", [20, 250, 1000, 60_000])
-def test_validation_split_is_disjoint_stratified_and_covers_the_subset(size):
+@pytest.mark.parametrize("size", [10, 125, 1000])
+def test_the_validation_set_is_disjoint_from_every_training_subset(size):
     labels = _shuffled_labels()
-    subset = stratified_subset(labels, size, seed=0)
-    train, val = train_val_split(labels, subset, 0.1)
-    assert set(train.tolist()).isdisjoint(val.tolist())
-    assert sorted(train.tolist() + val.tolist()) == sorted(subset.tolist())
-    per_class = torch.bincount(labels[val], minlength=10)
-    expected = max(1, round(0.1 * size / 10))
-    assert (per_class - expected).abs().max() <= 1, per_class
+    train, val = cell_split(labels, size, seed=size)
+    assert len(train) == size and set(train.tolist()).isdisjoint(val.tolist())
+    assert (torch.bincount(labels[train], minlength=10) - size // 10).abs().max() <= 1
+
+
+def test_a_small_split_gives_a_fifth_of_itself_to_validation():
+    labels = torch.arange(2000) % 10
+    assert len(validation_set(labels)) == 400
 
 
 def test_augmentation_shapes_and_normalisation():
@@ -201,31 +204,59 @@ def test_seconds_budget_is_honoured_within_a_few_percent(tmp_path):
     assert rows["accuracy"]["protocol"] == "compute-equal"
 
 
-def test_early_stopping_restores_the_best_checkpoint(monkeypatch):
-    """Scripted validation accuracies: the best is the 2nd evaluation; patience 2 stops after the 4th."""
+def _scripted_training(monkeypatch, scripted: list[float], budget: Budget) -> tuple[training.TrainResult, list]:
+    """train_classifier on 200 random images with the validation accuracies scripted; (result, the weights and
+    learning rate at each evaluation)."""
     from bench.data import Split, TrainData
 
     torch.manual_seed(0)
     x = torch.randint(0, 255, (256, 1, 28, 28), dtype=torch.uint8)
     data = TrainData("t", Split(x, torch.arange(256) % 10), tuple("abcdefghij"), (0.5,), (0.5,), True)
     model = build_model("resnet20", img_size=28, in_chans=1, num_classes=10)[0]
-    scripted = iter([0.5, 0.9, 0.6, 0.55, 0.5, 0.4])
-    snapshots = []
+    accuracies, snapshots = iter(scripted), []
 
     def fake_evaluate(model, *args, **kwargs):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        return next(scripted), 1.0
+        return next(accuracies), 1.0
 
     monkeypatch.setattr(training, "evaluate", fake_evaluate)
-    spec = accuracy_spec(budget=Budget(epochs=10.0, evals=10, patience=2), batch_size=32)
+    spec = accuracy_spec(budget=budget, batch_size=32)
     idx = torch.arange(256)
     result = training.train_classifier(model, spec, training.RECIPES[("cnn", "scratch")], data, idx[:200], idx[200:],
                                        1.0)
+    return result, snapshots
+
+
+def test_a_plateau_stops_training_and_restores_the_best_checkpoint(monkeypatch):
+    """Scripted validation accuracies: the best is the 2nd evaluation; patience 2 without learning-rate drops
+    stops after the 4th, converged."""
+    budget = Budget(epochs=100.0, patience=2, lr_drops=0, eval_images=192)
+    result, snapshots = _scripted_training(monkeypatch, [0.5, 0.9, 0.6, 0.55, 0.5, 0.4], budget)
     assert len(snapshots) == 4 and result.stopped_early and result.converged and result.best_val == 0.9
     for key, value in result.model.state_dict().items():
         torch.testing.assert_close(value, snapshots[1][key], msg=key)
     assert not torch.equal(snapshots[1]["fc.weight"], snapshots[3]["fc.weight"])
     assert result.best_step == result.curve.points[1]["step"]
+
+
+def test_a_plateau_drops_the_learning_rate_before_it_stops(monkeypatch):
+    budget = Budget(epochs=100.0, patience=2, lr_drops=1, eval_images=192)
+    result, _ = _scripted_training(monkeypatch, [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7], budget)
+    lrs = [p["lr"] for p in result.curve.points]
+    assert len(lrs) == 7 and result.converged  # drop after the 4th, a gain at the 5th, stop after the 7th
+    assert lrs[4] == pytest.approx(lrs[2] / 10) and lrs[6] == pytest.approx(lrs[4])
+
+
+def test_a_gain_of_one_validation_image_is_no_progress(monkeypatch):
+    budget = Budget(epochs=100.0, patience=2, lr_drops=0, eval_images=192)
+    result, snapshots = _scripted_training(monkeypatch, [0.5, 0.501, 0.502, 0.6], budget)
+    assert len(snapshots) == 3 and result.converged
+
+
+def test_a_still_rising_curve_at_its_cap_is_not_converged(monkeypatch):
+    budget = Budget(epochs=6.0, patience=2, eval_images=192)  # 6 epochs of 6 steps: evaluations at 6, 12, ... 36
+    result, snapshots = _scripted_training(monkeypatch, [0.1 * i for i in range(1, 9)], budget)
+    assert len(snapshots) == 6 and not result.converged and not result.stopped_early
 
 
 @needs_fmnist

@@ -193,8 +193,8 @@ def test_diverged_cells_stay_out_of_the_answer(tmp_path):
 
 
 @pytest.mark.parametrize("grid,message", [
-    ("{model: [resnet20], task: [train_eval], dataset: [fashion-mnist], img_size: [28], train_size: [15], "
-     "budget: [{epochs: 1}]}", "train_size 15 is below 2 images for each of the 10 classes"),
+    ("{model: [resnet20], task: [train_eval], dataset: [fashion-mnist], img_size: [28], train_size: [5], "
+     "budget: [{epochs: 1}]}", "train_size 5 is below one image for each of the 10 classes"),
     ("{model: [resnet20], task: [train_eval], dataset: ['fashion-mnist:9-9'], img_size: [28], budget: [{epochs: 1}]}",
      "class range 9-9 has 1 class(es); a classification task needs at least two"),
     ("[{model: ['vit:Mu/7'], task: [pretrain], dataset: ['fashion-mnist:0-4'], img_size: [28], "

@@ -41,8 +41,15 @@ def test_values_are_checked_with_what_is_allowed():
         CellSpec.from_dict({"batch_size": 0})
     with pytest.raises(SpecError, match="exactly one of epochs"):
         CellSpec.from_dict({"budget": {"epochs": 3, "seconds": 10}})
-    with pytest.raises(SpecError, match="patience and max_images belong to an epochs budget"):
+    with pytest.raises(SpecError, match=r"patience belongs to an epochs budget \(the converged protocol\)"):
         CellSpec.from_dict({"budget": {"seconds": 10, "patience": 2}})
+    with pytest.raises(SpecError, match=r"max_images belong\(s\) to the converged protocol"):
+        CellSpec.from_dict({"budget": {"epochs": 10, "max_images": 2000}})
+    with pytest.raises(SpecError, match="evals belongs to a fixed or compute-equal budget"):
+        CellSpec.from_dict({"budget": {"epochs": 10, "patience": 3, "evals": 4}})
+    protocols = {str(b): Budget.from_dict(b).protocol for b in ({"epochs": 9, "patience": 3}, {"epochs": 9},
+                                                               {"seconds": 9}, {"train_flops": 9})}
+    assert list(protocols.values()) == ["converged", "fixed", "compute-equal", "compute-equal"]
 
 
 def test_cell_id_depends_on_identity_fields_only():

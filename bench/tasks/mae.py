@@ -25,7 +25,8 @@ from ..paths import CellContext
 from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError, boolean, fraction, mapping_of, positive_int
-from ..training import BudgetClock, Curve, make_optimizer, recipe_column, recipe_for, run_budget, save_checkpoint
+from ..training import (BudgetClock, Cosine, Curve, make_optimizer, recipe_column, recipe_for, run_budget,
+                        save_checkpoint)
 from .common import Task, check_model_cell, reject
 
 MAE_DEFAULTS = {"mask_ratio": 0.75, "decoder_depth": 2, "decoder_dim": 128, "decoder_heads": 4, "norm_pix_loss": True}
@@ -92,7 +93,7 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         losses.append(loss.detach())
 
     @torch.inference_mode()
-    def held_out_loss() -> bool:
+    def held_out_loss() -> None:
         mae.eval()
         fixed = torch.Generator(device=device).manual_seed(12345)  # the same masks at every evaluation
         held_loss = 0.0
@@ -102,11 +103,10 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         mae.train()
         curve.add(optimizer, train_loss=torch.stack(losses).float().mean().item(), recon_loss=held_loss)
         losses.clear()
-        return False
 
     mae.train()
     with SystemLoad() as load:
-        run_budget(clock, optimizer, lr, recipe.warmup_frac, gen, device, step, held_out_loss)
+        run_budget(clock, Cosine(clock, recipe.warmup_frac), optimizer, lr, gen, device, step, held_out_loss)
 
     phase("write")
     save_checkpoint({"model": mae.encoder_state_dict(), "mae": mae.state_dict(), "mae_options": options,

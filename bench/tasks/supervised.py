@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import input_shape, is_real, load_train, normalise_dataset_name, stratified_subset, train_val_split
+from ..data import cell_split, input_shape, is_real, load_train, normalise_dataset_name
 from ..distributed import Ranks, launch
 from ..measure.flops import forward_flops
 from ..measure.phases import phase
@@ -76,12 +76,11 @@ def check_training(spec: CellSpec) -> CellSpec:
         raise SpecError(f"task {spec.task} measures accuracy and needs a real dataset; synthetic data is for "
                         "throughput and memory only")
     if spec.budget is None:
-        raise SpecError(f"task {spec.task} needs a budget: {{epochs: N}} (converged) or {{seconds: S}} / "
-                        "{train_flops: F} (compute-equal)")
+        raise SpecError(f"task {spec.task} needs a budget: {{epochs: cap, patience: P}} (converged), "
+                        "{epochs: E} (fixed) or {seconds: S} / {train_flops: F} (compute-equal)")
     classes = input_shape(spec.dataset, spec.in_chans, spec.num_classes)[1]
-    if spec.train_size is not None and spec.train_size < 2 * classes:
-        raise SpecError(f"train_size {spec.train_size} is below 2 images for each of the {classes} classes: some "
-                        "class would have no validation image (the best checkpoint is chosen on them)")
+    if spec.train_size is not None and spec.train_size < classes:
+        raise SpecError(f"train_size {spec.train_size} is below one image for each of the {classes} classes")
     return spec
 
 
@@ -170,7 +169,6 @@ def run_ranks(spec: CellSpec, ctx: CellContext, ranks: Ranks) -> list[dict] | No
     torch.manual_seed(spec.seed)
     phase("data")
     data = load_train(spec.dataset, spec.img_size).to(device)
-    subset = stratified_subset(data.train.y, spec.train_size, spec.seed).to(device)
     phase("setup")
 
     def build(drop_path_rate: float = 0.0) -> tuple[torch.nn.Module, ModelInfo]:
@@ -185,7 +183,7 @@ def run_ranks(spec: CellSpec, ctx: CellContext, ranks: Ranks) -> list[dict] | No
     if start.probe:
         model = Probe(model, spec.pool)
     model = model.to(device, memory_format=info.memory_format)
-    train_idx, val_idx = train_val_split(data.train.y, subset, recipe.val_fraction)
+    train_idx, val_idx = cell_split(data.train.y, spec.train_size, spec.seed, recipe.val_size)
     example = torch.zeros(1, data.in_chans, spec.img_size, spec.img_size, device=device)
     flops_per_image = forward_flops(model.eval(), example)
     backward = flops_per_image  # backward ~ 2x forward; a probe back-propagates through its head only
