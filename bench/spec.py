@@ -202,7 +202,8 @@ class Budget:
         return cls(**checked)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v != Budget.__dataclass_fields__[k].default}
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v != Budget.__dataclass_fields__[k].default and v != math.inf}  # a rule (rule()) has no epochs cap
 
     @property
     def protocol(self) -> str:
@@ -217,16 +218,32 @@ class Budget:
         key = lambda b: (b.protocol, b.epochs or 0.0, b.seconds or 0.0, b.train_flops or 0.0, str(b))  # noqa: E731
         return key(self) < key(other)
 
+    def rule(self) -> "Budget":
+        """The converged protocol's rule without its cap (epochs infinite, no image cap): a cell that converged
+        stopped before its cap bound, and trains the same under any larger cap (the plateau schedule never reads
+        the cap), so cells of one rule at different caps are one protocol. Other protocols: the budget itself."""
+        if self.protocol != "converged":
+            return self
+        return dataclasses.replace(self, epochs=math.inf, max_images=None)
+
+    def cap_images(self, n_train: int, batch: int) -> float:
+        """The most training images this budget allows a cell of n_train images (epochs of whole batches)."""
+        by_epochs = (self.epochs or math.inf) * max(1, n_train // batch) * batch
+        return min(by_epochs, self.max_images or math.inf)
+
     def label(self) -> str:
         """For people: '60 s', '1.2e+15 FLOP', '40 epochs', 'until a validation plateau (patience 4, 2 learning-rate
-        drops), at most 100 epochs and 200,000 images'."""
+        drops), at most 100 epochs and 200,000 images' (a rule without its cap: 'under a cap per cell')."""
         if self.seconds is not None:
             return f"{self.seconds:g} s"
         if self.train_flops is not None:
             return f"{self.train_flops:.3g} FLOP"
         if self.patience is None:
             return f"{self.epochs:g} epochs"
-        cap = f"at most {self.epochs:g} epochs" + (f" and {self.max_images:,} images" if self.max_images else "")
+        if math.isinf(self.epochs):
+            cap = "under a cap per cell (one that reached it: not converged)"
+        else:
+            cap = f"at most {self.epochs:,g} epochs" + (f" and {self.max_images:,} images" if self.max_images else "")
         drops = f"{self.lr_drops} learning-rate drop{'' if self.lr_drops == 1 else 's'}"
         return f"until a validation plateau (patience {self.patience}, {drops}), {cap}"
 

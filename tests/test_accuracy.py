@@ -319,7 +319,7 @@ def test_non_finite_loss_is_an_error_row(tmp_path):
 
 @needs_fmnist
 @pytest.mark.slow
-def test_both_protocols_round_trip_through_resume(tmp_path):
+def test_every_protocol_round_trips_through_resume(tmp_path):
     suite = tmp_path / "acc.yaml"
     suite.write_text(textwrap.dedent("""
         name: acc
@@ -330,7 +330,7 @@ def test_both_protocols_round_trip_through_resume(tmp_path):
           img_size: [28]
           train_size: [300]
           batch_size: [64]
-          budget: [{epochs: 1, evals: 1}, {seconds: 2, evals: 1}]
+          budget: [{epochs: 1, patience: 2}, {epochs: 1, evals: 1}, {seconds: 2, evals: 1}]
     """))
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "bench", "run", str(suite), "--run-dir", str(run_dir), "--device", "cpu",
@@ -338,9 +338,10 @@ def test_both_protocols_round_trip_through_resume(tmp_path):
     first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "2 already done" in again.stdout
+    assert again.returncode == 0 and "3 already done" in again.stdout
     frame = pd.read_csv(run_dir / "results.csv")
     acc = frame[frame["metric"] == "accuracy"].set_index("protocol")
-    assert sorted(acc.index) == ["compute-equal", "converged"] and len(frame["cell_id"].unique()) == 2
-    assert acc.loc["converged", "budget"] == '{"epochs":1.0,"evals":1}'
+    assert sorted(acc.index) == ["compute-equal", "converged", "fixed"] and len(frame["cell_id"].unique()) == 3
+    assert acc.loc["fixed", "budget"] == '{"epochs":1.0,"evals":1}'
+    assert acc.loc["converged", "budget"] == '{"epochs":1.0,"patience":2}' and not acc.loc["converged", "converged"]
     assert acc.loc["compute-equal", "budget"] == '{"seconds":2.0,"evals":1}'

@@ -3,8 +3,12 @@ and forecasts; figures by study tag (a GPU-shaped fixture draws every figure of 
 mixed, deployment latency, where the time went."""
 
 
+import math
+import re
+
 import numpy as np
 import pytest
+from scipy.optimize import brentq
 
 from bench import report as report_mod
 from bench.paths import CellContext
@@ -43,8 +47,9 @@ def test_gpu_shaped_results_draw_every_figure_of_the_gpu_grids(tmp_path, saved):
     assert report.index("## Answer") < report.index("## Data efficiency")
     answer = report[report.index("## Answer"):report.index("## Data efficiency")]
     assert "### On cuda (NVIDIA H100 80GB HBM3)" in answer and "Native ViT against ResNet-50" in answer
-    assert "`vit:B/16` vs `timm:vit_base_patch16_224`" in answer and "1.08x [1.05, 1.11] (faster)" in answer
-    assert "| 60,000 |" in answer and "](data_efficiency_converged_cuda.png)" in answer
+    assert "`vit:B/16` vs `timm:vit_base_patch16_224`" in answer
+    assert "1.08x [1.05, 1.11] (n=10, recorded; faster)" in answer
+    assert "| 59,000 |" in answer and "](data_efficiency_converged_cuda.png)" in answer
     assert "metrics.csv" in report and (tmp_path / "report" / "metrics.csv").exists()
 
 
@@ -56,7 +61,8 @@ def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_p
     answer = report[report.index("## Answer"):report.index("## Data efficiency")]
     assert "**Accuracy on fashion-mnist, converged protocol**" in answer
     assert "**Accuracy on fashion-mnist, compute-equal protocol**" in answer
-    assert "(not converged)" in answer and "(n=3, t)" in answer  # caveats beside the numbers they affect
+    assert "(not converged: reached its cap)" in answer  # caveats beside the numbers they affect
+    assert "(n=3, t)" in answer
     assert "(paired t, n=3;" in answer  # differences paired by seed (every seed draws the same subset for both)
     assert "**Crossover in the measured range**" in answer and "CNN leads by" in answer
     assert "**Forecast beyond the measured range**" in answer  # a forecast, or a line saying why there is none
@@ -65,7 +71,7 @@ def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_p
     assert "**Paired latency ratios**" in answer and "`vit:Mu/7` compile vs `vit:Mu/7 eager`, latency batch 1" in answer
     assert "latency_cpu.png" in saved and "| onnxruntime | vit:Ti/4" in report
     assert "## Where the time went" in report and "overhead per cell (s)" in report
-    assert ("training images drawn (log; 10% of them validate)", "test top-1 accuracy (%)", "log", "linear") \
+    assert ("training images (log; validation: a fixed 1,000 more)", "test top-1 accuracy (%)", "log", "linear") \
         in saved["data_efficiency_converged_cpu.png"]
     assert "_Skipped: no fine-tune or linear-probe cells" in report  # a missing study is a line, not a crash
 
@@ -75,11 +81,14 @@ def test_transfer_answer_gives_every_route_and_whether_mae_reaches_the_cnn(tmp_p
     report = report_mod.write_report([run], tmp_path / "report").read_text()
     answer = report[report.index("## Answer"):report.index("## Data efficiency")]
     assert "**Few labels: fashion-mnist:5-9, converged protocol" in answer
-    assert "| route | 100 labels | 1,000 labels | 5,000 labels |" in answer
-    for route in ("resnet9, from scratch", "vit:Mu/4, from scratch", "vit:Mu/4, MAE (unlabeled) -> fine-tune",
-                  "vit:Mu/4, supervised on fashion-mnist:0-4 -> fine-tune", "vit:Mu/4, MAE encoder, linear probe"):
+    assert "| route | 100 labels | 300 labels | 1,000 labels |" in answer
+    for route in ("resnet9 bf16, from scratch", "vit:Mu/7 fp32, from scratch",
+                  "vit:Mu/7 fp32, MAE (unlabeled) -> fine-tune",
+                  "vit:Mu/7 fp32, supervised on fashion-mnist:0-4 -> fine-tune",
+                  "vit:Mu/7 fp32, MAE encoder, linear probe"):
         assert f"| {route} | " in answer, route
-    assert "- 1,000 labels, MAE-initialised `vit:Mu/4`: MAE gain over the same ViT from scratch" in answer
+    assert "- 1,000 labels, MAE-initialised `vit:Mu/7`: MAE gain over the same ViT from scratch" in answer
+    assert "against the same ViT from scratch with as many images (90 epochs: 30,000 images seen" in answer
     assert "against the CNN (`resnet9`) -" in answer and "difference shown)" in answer
     fastest = answer[answer.index("**Fastest model"):]
     assert "fashion-mnist:5-9" not in fastest  # a class subset's accuracy never answers the 10-class question
@@ -102,14 +111,22 @@ def accuracy_records(tmp_path, model, curve, sizes, seeds=(0, 1, 2), noise=0.004
     for size in sizes:
         for seed in seeds:
             spec = CellSpec(model=model, task="train_eval", dataset="fashion-mnist", img_size=28, train_size=size,
-                            seed=seed, budget=Budget(epochs=10.0))
-            maker = RowMaker(spec, CellContext("t", "r", tmp_path), **info_of(spec), train_size_used=size * 9 // 10,
-                             val_size=size - size * 9 // 10, protocol="converged", converged=converged)
+                            seed=seed, budget=Budget(epochs=10.0, patience=3))
+            maker = RowMaker(spec, CellContext("t", "r", tmp_path), **info_of(spec), train_size_used=size,
+                             val_size=1000, protocol="converged", converged=converged)
             records.append(CellRecord(spec, [maker.row("accuracy", curve(size) + rng.normal(0, noise))]))
     return records
 
 
 SIZES = (250, 500, 1000, 2000, 4000)
+
+
+def envelope_accuracy(a: float, alpha: float, c: float):
+    """Accuracy at n under Rosenfeld's envelope law with ten classes (bench/stats/laws.py)."""
+    def accuracy(n):
+        z = a * n ** -alpha + c
+        return 1 - 0.9 * z / math.sqrt(1 + z * z)
+    return accuracy
 
 
 def test_crossover_found_and_absent(tmp_path):
@@ -143,21 +160,21 @@ def test_differences_are_shown_only_when_their_interval_excludes_zero(tmp_path):
 def test_learning_curves_back_test_and_forecast(tmp_path, saved):
     """Curves that meet at a known size: fitted, back-tested, the crossover forecast with its interval and the
     extrapolation factor; a ViT curve the power law cannot extrapolate makes the forecast unreliable."""
-    vit = lambda n: 1 - (0.02 + 3.0 * n ** -0.45)  # noqa: E731 - meets the CNN's near n = 7,400
-    cnn = lambda n: 1 - (0.06 + 0.8 * n ** -0.45)  # noqa: E731
+    # the curves meet near 7,700 images
+    vit, cnn = envelope_accuracy(a=40.0, alpha=0.6, c=0.04), envelope_accuracy(a=2.5, alpha=0.35, c=0.12)
     records = accuracy_records(tmp_path, "vit:Ti/4", vit, SIZES, noise=0.002) + \
         accuracy_records(tmp_path, "resnet20", cnn, SIZES, noise=0.002, rng=np.random.default_rng(3))
     write_run(tmp_path / "run", records)
     report = report_mod.write_report([tmp_path / "run"], tmp_path / "report").read_text()
     answer = report[report.index("## Answer"):report.index("## Data efficiency")]
-    assert "**Learning curves**" in answer and "back-test (fit without 4,000, predict it)" in answer
+    assert "**Learning curves**" in answer and "back-test (fit without 4,000, predict its mean)" in answer
     assert answer.count(", reliable") >= 2 and "UNRELIABLE" not in answer
     forecast = answer[answer.index("**Forecast beyond the measured range** (extrapolation"):]
     assert "at 40,000 images (10x the largest measured)" in forecast
     line = next(line for line in forecast.splitlines() if "meets the CNN's at about" in line)
     n_star = float(line.split("at about ")[1].split(" images")[0].replace(",", ""))
     low, high = (float(v.replace(",", "")) for v in line.split("[")[1].split("]")[0].split(", "))
-    true_n = (2.2 / 0.04) ** (1 / 0.45)
+    true_n = math.exp(brentq(lambda x: vit(math.exp(x)) - cnn(math.exp(x)), math.log(100), math.log(1e7)))
     assert low <= true_n <= high and 0.5 < n_star / true_n < 2
     assert "x beyond the measured range" in line
     assert {"backtest.png", "data_efficiency_converged_cpu.png"} <= set(saved)
@@ -171,10 +188,21 @@ def test_learning_curves_back_test_and_forecast(tmp_path, saved):
 def test_too_few_sizes_say_why_there_is_no_fit(tmp_path):
     write_run(tmp_path / "run", accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.8, (250, 1000)))
     answer = answer_of(report_mod.load([tmp_path / "run"], tmp_path))
-    assert "`vit:Ti/4`: no fit (needs at least 4 sizes, got 2" in answer
+    assert "no fit (the envelope law needs at least 4 cells, got 2)" in answer
 
 
 def test_report_cli_rejects_a_folder_without_results(tmp_path):
     from bench.__main__ import main
 
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_the_report_never_prints_an_interval_of_zero_width(tmp_path):
+    run = fixture_run(tmp_path, ["scaling", "data_efficiency", "pretraining"], "cpu")
+    agree = accuracy_records(tmp_path, "resnet20", lambda n: 0.85, (1000,), noise=0.0)  # three seeds, one value
+    write_run(tmp_path / "agree", agree)
+    report = report_mod.write_report([run, tmp_path / "agree"], tmp_path / "report").read_text()
+    brackets = re.findall(r"\[(-?[\d.,]+)(?: \w+)?, (-?[\d.,]+)(?: \w+)?\]", report)
+    assert len(brackets) > 20 and all(low != high for low, high in brackets), \
+        [b for b in brackets if b[0] == b[1]]
+    assert "every seed gave 85.0: no spread to go on" in report

@@ -6,7 +6,8 @@ scratch) carries its own interval, paired by seed where both sides have the same
 data subset for every model), Welch's otherwise. A difference is called shown only when its interval excludes 0;
 otherwise the answer says "not shown with n seeds". Beyond the measured range: learning-curve fits, their
 back-tests and the forecast (bench/report/fits.py), always labelled as extrapolation. Speed: paired ratios with
-bootstrap intervals; latency ratios of separate cells with a bootstrap interval of the ratio of medians.
+order-statistic intervals of the median per-pair ratio; ratios of separate cells with a bootstrap of the ratio of
+medians that resamples the independent units (ABBA blocks of calls, timed repeats) within each cell.
 """
 
 from __future__ import annotations
@@ -14,21 +15,28 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pandas as pd
 
-from ..stats import Interval, difference_interval, mean_interval, ratio_of_medians_interval
-from .data import DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets, ok_metric, \
-    unpaired
+from ..stats import COVERAGE, Interval, blocks_of, difference_interval, mean_interval, ratio_of_medians_interval
+from ..tasks.latency import BLOCK as LATENCY_BLOCK
+from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets,
+                   latency_samples, ok_metric, paired_ratio, unpaired)
 from .figures import crossover_statements
-from .fits import Curve, data_curves, forecasts, frontier_curves
+from .fits import Curve, accuracy, data_curves, forecasts, frontier_curves
 
 THRESHOLDS = (80.0, 85.0, 90.0)  # "the fastest model at or above X% test accuracy"
 
 
 def _acc(point: pd.Series, named: bool = True) -> str:
-    """'`resnet9` 91.2 % [90.1, 92.3] (n=3, t)', with 'not converged' where it applies."""
-    text = (f"`{point['label']}` " if named else "") + mean_interval(point["values"]).format(unit="%")
-    return text + ("" if point["converged"] else " (not converged)")
+    """'`resnet9` bf16: 91.2 % [90.1, 92.3] (n=3, t); 98,304 images seen, 1.1e+13 FLOPs', with 'not converged'
+    where a converged-protocol cell reached its cap."""
+    text = (f"`{point['label']}` {point['dtype']}: " if named else "") + mean_interval(point["values"]).format(unit="%")
+    if point["protocol"] == "converged" and not point["converged"]:
+        text += " (not converged: reached its cap)"
+    if not math.isnan(point["images"]):
+        text += f"; {point['images']:,.0f} images seen, {point['flops']:.2g} FLOPs"
+    return text
 
 
 def difference(a: pd.Series, b: pd.Series) -> Interval:
@@ -50,6 +58,16 @@ def _best(points: pd.DataFrame, family: str) -> pd.Series | None:
     return mine.sort_values("mean").iloc[-1] if len(mine) else None
 
 
+def _comparisons(point: pd.DataFrame) -> list[tuple[str, pd.Series | None, pd.Series | None]]:
+    """(which dtypes, best ViT, best CNN): each family at its best; and where a dtype was run for both, at it."""
+    rows = [("each at its best", _best(point, "vit"), _best(point, "cnn"))]
+    if point["dtype"].nunique() > 1:
+        for dtype, same in point.groupby("dtype"):
+            if same["family"].nunique() == 2:
+                rows.append((f"both {dtype}", _best(same, "vit"), _best(same, "cnn")))
+    return rows
+
+
 def accuracy_answer(runs: Runs, device: str) -> list[str]:
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     summary = summary[summary["device"] == device]
@@ -57,13 +75,15 @@ def accuracy_answer(runs: Runs, device: str) -> list[str]:
     for (dataset, protocol), group in summary.groupby(["dataset", "protocol"]):
         figure = f"data_efficiency_{protocol}_{device}.png"
         lines += [f"**Accuracy on {dataset}, {protocol} protocol** ([figure]({figure}); means with 95 % t intervals "
-                  "over seeds):", "",
-                  "| training images | budget | best ViT | best CNN | ViT - CNN (points) |", "|---|---|---|---|---|"]
+                  "over seeds; each model's dtype, mean images seen and training FLOPs):", "",
+                  "| training images | budget | dtypes | best ViT | best CNN | ViT - CNN (points) |",
+                  "|---|---|---|---|---|---|"]
         for (budget, subset), point in sorted(group.groupby(["budget", "subset"]), key=lambda kv: (kv[0][1], kv[0][0])):
-            vit, cnn = _best(point, "vit"), _best(point, "cnn")
-            margin = _diff(difference(vit, cnn)) if vit is not None and cnn is not None else "n/a"
-            lines.append(f"| {int(subset):,} | {budget.label()} | {_acc(vit) if vit is not None else '-'} | "
-                         f"{_acc(cnn) if cnn is not None else '-'} | {margin} |")
+            for dtypes, vit, cnn in _comparisons(point):
+                margin = _diff(difference(vit, cnn)) if vit is not None and cnn is not None else "n/a"
+                lines.append(f"| {int(subset):,} | {budget.label()} | {dtypes} | "
+                             f"{_acc(vit) if vit is not None else '-'} | {_acc(cnn) if cnn is not None else '-'} | "
+                             f"{margin} |")
         lines.append("")
     crossings = [s for s in crossover_statements(runs) if f" on {device}," in s]
     if crossings:
@@ -77,23 +97,46 @@ def _size(n: float) -> str:
     return f"{n:,.0f}" if n < 1e7 else f"{n:.3g}"
 
 
+def _known(interval: Interval, fmt: str) -> str:
+    """What a parameter's one-sided interval says: 'at least X', 'at most X', or nothing."""
+    if math.isnan(interval.low) and not math.isnan(interval.high):
+        return f"; at most {fmt.format(interval.high)}"
+    if math.isnan(interval.high) and not math.isnan(interval.low):
+        return f"; at least {fmt.format(interval.low)}"
+    return ""
+
+
+def _fit_words(curve: Curve) -> str:
+    """The ceiling, the exponent and the local slope of a fitted curve, each identified or said not to be."""
+    fitted = curve.fit
+    floor = fitted.floor()
+    ceiling = accuracy(floor.interval)
+    words = [f"accuracy ceiling {ceiling.format(unit='%')}" if floor.identified else
+             f"accuracy ceiling not identified ({floor.why}{_known(ceiling, '{:.1f} %')})"]
+    alpha = next(p for p in fitted.parameters() if p.name == "alpha")
+    words.append(f"exponent alpha {alpha.interval.format(digits=2)}" if alpha.identified else
+                 f"exponent alpha not identified ({alpha.why}{_known(alpha.interval, '{:.2f}')})")
+    slope = fitted.local_slope((curve.x_max,))
+    x = "FLOPs" if curve.group == "frontier" else "n"
+    words.append(f"local slope d log(error) / d log({x}) at {_size(curve.x_max)}: {slope.format(digits=2)}")
+    return "; ".join(words)
+
+
 def _curve_line(curve: Curve, unit: str) -> str:
+    left_out = f"; left out as not converged: {', '.join(f'{n:,.0f}' for n in curve.left_out)}" \
+        if curve.left_out else ""
     if curve.fit is None:
-        return f"- `{curve.label}`: no fit ({curve.why_not}; left out as not converged: " \
-               f"{', '.join(f'{n:,.0f}' for n in curve.left_out) or 'none'})"
-    e_inf, b = curve.fit.e_inf_interval(), curve.fit.b_interval()
-    text = (f"- `{curve.label}`: {len(curve.points)} {unit} from {_size(curve.fit.n_min)} to {_size(curve.fit.n_max)}; "
-            f"accuracy ceiling (1 - e_inf) {curve.accuracy(e_inf).format(unit='%')}, exponent b "
-            f"{b.format(digits=2)}")
-    if curve.left_out:
-        text += f"; left out as not converged: {', '.join(f'{n:,.0f}' for n in curve.left_out)}"
+        return f"- `{curve.label}` ({curve.what}): no fit ({curve.why_not}){left_out}"
+    seeds = sorted({len(v) for v in curve.points.values()})
+    text = (f"- `{curve.label}` ({curve.what}): {len(curve.points)} {unit} from {_size(curve.x_min)} to "
+            f"{_size(curve.x_max)}, {'-'.join(map(str, seeds))} seeds each{left_out}; {_fit_words(curve)}")
     if curve.backtest is None:
         return text + f"; {curve.backtest_why_not}"
-    bt = curve.backtest
-    predicted = curve.accuracy(bt.predicted)
-    return (text + f"; back-test (fit without {_size(bt.size)}, predict it): {predicted.format(unit='%')} against "
-            f"{100 * (1 - bt.measured):.1f} % measured, off by {abs(bt.error) * 100:.1f} points, "
-            f"{'inside' if bt.inside else 'outside'} the interval, "
+    (held,) = curve.backtest.held_out
+    predicted = accuracy(held.predicted)
+    return (text + f"; back-test (fit without {_size(held.coords[0])}, predict its mean): "
+            f"{predicted.format(unit='%')} against {100 * (1 - held.measured):.1f} % measured, off by "
+            f"{abs(held.error) * 100:.1f} points, {'inside' if held.inside else 'outside'} the prediction interval, "
             f"{'reliable' if curve.reliable else 'UNRELIABLE (more than 3 points off)'}")
 
 
@@ -101,8 +144,10 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
     curves = [c for c in data_curves(runs) if c.device == device]
     if not curves:
         return []
-    lines = ["**Learning curves** (converged protocol; error(n) = e_inf + a n^-b fitted over seeds, bootstrap 95 % "
-             "intervals; [figure](#data-efficiency), [back-test figure](#learning-curve-back-test)):", ""]
+    lines = ["**Learning curves** (converged protocol; Rosenfeld et al.'s envelope law, error = chance * z / "
+             "sqrt(1 + z^2) with z = a n^-alpha + c, fitted in log error over seeds; parametric-bootstrap 95 % "
+             f"intervals ({COVERAGE['parametric bootstrap']}); a parameter on its bound is not identified; "
+             "[figure](#data-efficiency), [back-test figure](#learning-curve-back-test)):", ""]
     lines += [_curve_line(c, "sizes") for c in curves] + [""]
     made = [f for f in forecasts(runs) if f.vit.device == device]
     if not made:
@@ -110,9 +155,9 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
         lines += ["**Forecast beyond the measured range**: none, it needs a fitted ViT and a fitted CNN on the same "
                   f"data and budget ({'; '.join(unfitted) or 'one family has no curve'}).", ""]
     for f in made:
-        largest = max(f.vit.fit.n_max, f.cnn.fit.n_max)
-        head = (f"**Forecast beyond the measured range** (extrapolation; best ViT `{f.vit.label}` against best CNN "
-                f"`{f.cnn.label}`, {f.vit.dataset}, {f.vit.group.label()})")
+        largest = f.largest
+        head = (f"**Forecast beyond the measured range** (extrapolation; best ViT `{f.vit.label}` ({f.vit.what}) "
+                f"against best CNN `{f.cnn.label}` ({f.cnn.what}), {f.vit.dataset})")
         if not f.reliable:
             lines += [head + f": UNRELIABLE, not an answer ({f.why}).", ""]
             continue
@@ -126,7 +171,7 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
             where = (f"{c.extrapolation_factor:,.1f}x beyond the measured range" if c.extrapolation_factor > 1
                      else "inside the measured range")
             lines.append(f"- the ViT's curve meets the CNN's at about {n.estimate:,.0f} images [{n.low:,.0f}, "
-                         f"{n.high:,.0f}] ({where}; {c.share_of_bootstraps_crossing:.0%} of the bootstrap fits "
+                         f"{n.high:,.0f}] ({where}; {c.share_crossing:.0%} of the bootstrap fits "
                          "cross)")
         else:
             lines.append(f"- crossover: {c.status} ({c.reason})")
@@ -144,11 +189,12 @@ def transfer_answer(runs: Runs, device: str) -> list[str]:
     and the MAE ViT against the CNN as differences with verdicts."""
     summary = accuracy_summary(runs.rows, task=("train_eval", "finetune", "linear_probe"))
     summary = summary[(summary["device"] == device) & summary["class_subset"].astype(bool)]
+    equal_images = summary[(summary["route"] == "scratch") & (summary["protocol"] == "fixed")]
     lines = []
     for (dataset, protocol, budget), group in summary.groupby(["dataset", "protocol", "budget"]):
         if set(group["route"]) == {"scratch"}:
             continue
-        group = group.assign(series=group["label"] + ", " + group["route_text"])
+        group = group.assign(series=group["label"] + " " + group["dtype"] + ", " + group["route_text"])
         sizes = sorted(group["subset"].unique())
         lines += [f"**Few labels: {dataset}, {protocol} protocol, {budget.label()}** ([figure]"
                   f"(transfer_{protocol}_{device}.png), [gain table](#mae-gain-over-training-from-scratch)):", "",
@@ -177,6 +223,7 @@ def transfer_answer(runs: Runs, device: str) -> list[str]:
                 best_vit = here["vit"].sort_values("mean").iloc[-1]
                 parts.append(f"against the best ViT from scratch (`{best_vit['label']}`) "
                              f"{_diff(difference(mae_vit, best_vit))}")
+            parts += _equal_images(runs, mae_vit, equal_images)
             if len(here["cnn"]):
                 cnn = here["cnn"].sort_values("mean").iloc[-1]
                 parts.append(f"against the CNN (`{cnn['label']}`) {_diff(difference(mae_vit, cnn))}")
@@ -185,13 +232,19 @@ def transfer_answer(runs: Runs, device: str) -> list[str]:
     return lines
 
 
-def _latency_samples(runs: Runs, device: str) -> pd.DataFrame:
-    """Every latency cell side's per-call times (ms) per model, engine and batch (eager sides of several paired
-    cells pooled)."""
-    lat = ok_metric(runs.rows, "latency_p50", device=device).dropna(subset=["samples"])
-    lat = lat.assign(calls=[[float(v) for v in s.split(";")] for s in lat["samples"]])
-    return lat.groupby(["label", "family", "engine", "batch_size", "dtype", "img_size"], as_index=False)["calls"].agg(
-        lambda lists: [v for values in lists for v in values])
+def _equal_images(runs: Runs, mae_vit: pd.Series, baselines: pd.DataFrame) -> list[str]:
+    """The MAE route against the same ViT from scratch given as many training images as the route's pretraining
+    and fine-tuning together (a fixed budget), with both sides' images."""
+    same = baselines[(baselines["label"] == mae_vit["label"]) & (baselines["subset"] == mae_vit["subset"])
+                     & (baselines["dataset"] == mae_vit["dataset"])]
+    pretraining = ok_metric(runs.rows, "images_seen", task="pretrain_mae", model=mae_vit["label"],
+                            device=mae_vit["device"])
+    if same.empty or pretraining.empty:
+        return []
+    scratch, pre = same.iloc[0], pretraining["value"].mean()
+    return [f"against the same ViT from scratch with as many images ({scratch['budget'].label()}: "
+            f"{scratch['images']:,.0f} images seen, against the MAE route's {pre + mae_vit['images']:,.0f}: "
+            f"{pre:,.0f} pretraining + {mae_vit['images']:,.0f} fine-tuning) {_diff(difference(mae_vit, scratch))}"]
 
 
 def fastest_answer(runs: Runs, device: str) -> list[str]:
@@ -200,13 +253,13 @@ def fastest_answer(runs: Runs, device: str) -> list[str]:
     summary = summary[summary["device"] == device]
     thr = unpaired(ok_metric(runs.rows, "throughput", task="infer", device=device, engine="eager"))
     thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
-    latency = _latency_samples(runs, device)
+    latency = latency_samples(runs, device)
     latency = latency[latency["batch_size"] == latency["batch_size"].min()] if len(latency) else latency
     if summary.empty or (thr.empty and latency.empty):
         return []
     speeds = {"throughput, eager": (thr.groupby("label")["value"].max(), "{:,.0f} img/s", True)}
     for engine, group in latency.groupby("engine"):
-        p50 = group.set_index("label")["calls"].map(lambda v: pd.Series(v).median())
+        p50 = group.set_index("label")["calls"].map(lambda cells: np.median(np.concatenate(cells)))
         speeds[f"batch-{int(group['batch_size'].iloc[0])} latency, {engine}"] = (p50, "{:.2f} ms p50", False)
     lines = [f"**Fastest model at or above an accuracy** (test accuracy at the largest training size of each protocol "
              f"and budget; speed from the scaling suite on {device}, [Pareto figure](pareto_{device}.png), "
@@ -230,22 +283,44 @@ def fastest_answer(runs: Runs, device: str) -> list[str]:
 def latency_answer(runs: Runs, device: str) -> list[str]:
     """How the ViT / ResNet latency ratio moves across engines: each native ViT against the fastest CNN at its
     batch, per engine, with a bootstrap interval of the ratio of median call times."""
-    latency = _latency_samples(runs, device)
+    latency = latency_samples(runs, device)
     if latency.empty:
         return []
     lines = ["**ViT / CNN latency across engines** (median call time of each native ViT over the fastest CNN's at "
-             "the same batch and engine; separate cells, bootstrap 95 % interval of the ratio of medians; "
-             "[table](#deployment-latency)):", ""]
+             "the same batch and engine; separate cells, 95 % bootstrap interval of the ratio of medians over "
+             f"blocks of {LATENCY_BLOCK} calls, {COVERAGE['block bootstrap']}; it does not cover the spread between "
+             "cells run at different times, which the latency table shows; [table](#deployment-latency)):", ""]
     for (engine, batch, dtype, px), group in latency.groupby(["engine", "batch_size", "dtype", "img_size"]):
         cnns = group[group["family"] == "cnn"]
         if cnns.empty:
             continue
-        cnn = cnns.loc[cnns["calls"].map(lambda v: pd.Series(v).median()).idxmin()]
+        cnn = cnns.loc[cnns["calls"].map(lambda cells: np.median(np.concatenate(cells))).idxmin()]
         for _, vit in group[(group["family"] == "vit") & group["label"].str.startswith("vit:")].iterrows():
-            ratio = ratio_of_medians_interval(vit["calls"], cnn["calls"])
+            ratio = ratio_of_medians_interval([blocks_of(c, LATENCY_BLOCK) for c in vit["calls"]],
+                                              [blocks_of(c, LATENCY_BLOCK) for c in cnn["calls"]])
             lines.append(f"- {engine}, batch {int(batch)}, {px} px {dtype}: `{vit['label']}` / `{cnn['label']}` "
-                         f"{ratio.estimate:.2f}x [{ratio.low:.2f}, {ratio.high:.2f}]")
+                         f"{times(ratio)}")
     return lines + [""] if len(lines) > 2 else []
+
+
+def times(ratio: Interval) -> str:
+    """'2.97x [2.18, 3.08]': two decimals, more where the bounds would print alike (an interval never shows zero
+    width that it does not have); the estimate alone where there is no interval."""
+    digits = 2
+    while ratio.has_interval and f"{ratio.low:.{digits}f}" == f"{ratio.high:.{digits}f}" and digits < 6:
+        digits += 1
+    bounds = f" [{ratio.low:.{digits}f}, {ratio.high:.{digits}f}]" if ratio.has_interval else ""
+    return f"{ratio.estimate:.{digits}f}x{bounds}"
+
+
+def _ratio_words(ratio: Interval, higher_is_faster: bool) -> str:
+    """'1.08x [1.05, 1.11] (n=10, order statistics; faster)', or the values where there is no interval."""
+    if not ratio.has_interval:
+        return f"{ratio.estimate:.2f}x (n={ratio.n}: too few pairs for an interval; no verdict)"
+    verdict = "no difference shown"
+    if not ratio.low <= 1 <= ratio.high:
+        verdict = "faster" if (ratio.low > 1) == higher_is_faster else "slower"
+    return f"{times(ratio)} (n={ratio.n}, {ratio.method}; {verdict})"
 
 
 def speed_answer(runs: Runs, device: str) -> list[str]:
@@ -255,15 +330,15 @@ def speed_answer(runs: Runs, device: str) -> list[str]:
         ratios = ok_metric(runs.rows, metric, device=device)
         if ratios.empty:
             continue
-        lines += [f"**Paired {metric.split('_')[0]} ratios** ({what}; alternated in one process, bootstrap 95 % "
-                  "interval; [table](#paired-comparisons)):", ""]
+        lines += [f"**Paired {metric.split('_')[0]} ratios** ({what}; alternated in one process; the median of "
+                  "the per-pair ratios with its order-statistic interval (95 % or more; from 5 pairs, their range); "
+                  "[table](#paired-comparisons)):", ""]
         for _, r in ratios.sort_values(["label", "task", "batch_size"]).iterrows():
             noisy = f"; noisy: {r['noisy']}" if flagged(pd.Series([r.get("noisy")])).iloc[0] else ""
-            faster = (r["ci_low"] > 1) == (metric == "throughput_ratio")
-            verdict = "no difference shown" if r["ci_low"] <= 1 <= r["ci_high"] else ("faster" if faster else "slower")
+            ratio = paired_ratio(r)
             side = f"`{r['label']}`" + (f" {r['engine']}" if r["engine"] != "eager" else "")
             lines.append(f"- {side} vs `{r['paired_with']}`, {r['task']} batch {int(r['batch_size'])}: "
-                         f"{r['value']:.2f}x [{r['ci_low']:.2f}, {r['ci_high']:.2f}] ({verdict}{noisy})")
+                         f"{_ratio_words(ratio, higher_is_faster=metric == 'throughput_ratio')}{noisy}")
         lines.append("")
     thr = unpaired(ok_metric(runs.rows, "throughput", device=device, task=["infer", "train"], engine="eager"))
     lines += _against_resnet50(runs, thr, device)
@@ -275,10 +350,11 @@ def speed_answer(runs: Runs, device: str) -> list[str]:
     return lines
 
 
-def _samples(rows: pd.DataFrame) -> list[float]:
-    """The rows' raw repeats (their values where none were kept)."""
-    samples = [float(v) for s in rows["samples"].dropna() for v in s.split(";")]
-    return samples or [float(v) for v in rows["value"]]
+def _repeats(rows: pd.DataFrame) -> list[list[np.ndarray]]:
+    """Per cell, its timed repeats as blocks of one value (a repeat times many steps back to back: the unit that
+    is independent); a row without samples gives its value as one repeat."""
+    return [[np.array([float(v)]) for v in (s.split(";") if isinstance(s, str) and s else [value])]
+            for s, value in zip(rows["samples"], rows["value"])]
 
 
 def _against_resnet50(runs: Runs, thr: pd.DataFrame, device: str) -> list[str]:
@@ -289,20 +365,20 @@ def _against_resnet50(runs: Runs, thr: pd.DataFrame, device: str) -> list[str]:
     if reference.empty or natives.empty:
         return []
     memory = unpaired(ok_metric(runs.rows, "peak_memory", device=device, task=["train"]))
-    lines = ["**Native ViT against ResNet-50** (separate cells, not paired: bootstrap 95 % interval of the ratio of "
+    lines = ["**Native ViT against ResNet-50** (separate cells, not paired: 95 % bootstrap over timed repeats of the "
+             "ratio of "
              "the repeats' medians; [figure](throughput_vs_params.png)):", ""]
     for (label, task, batch, px), r in natives.groupby(["label", "task", "batch_size", "img_size"]):
         ref = reference[(reference["task"] == task) & (reference["batch_size"] == batch)
                         & (reference["img_size"] == px)]
         if ref.empty:
             continue
-        ratio = ratio_of_medians_interval(_samples(r), _samples(ref))
+        ratio = ratio_of_medians_interval(_repeats(r), _repeats(ref))
         mine, theirs = (memory[(memory["label"] == n) & (memory["batch_size"] == batch) & (memory["img_size"] == px)]
                         for n in (label, "resnet50"))
         extra = (f", peak training memory {mine['value'].median() / theirs['value'].median():.2f}x"
                  if task == "train" and not mine.empty and not theirs.empty else "")
-        bounds = "" if math.isnan(ratio.low) else f" [{ratio.low:.2f}, {ratio.high:.2f}]"
-        lines.append(f"- `{label}` {task} batch {batch}, {px} px: throughput {ratio.estimate:.2f}x{bounds} "
+        lines.append(f"- `{label}` {task} batch {batch}, {px} px: throughput {times(ratio)} "
                      f"ResNet-50's{extra}")
     return lines + [""]
 

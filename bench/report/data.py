@@ -16,7 +16,8 @@ import pandas as pd
 from ..data import is_class_range
 from ..paths import RunPaths
 from ..results import read_records, records_frame, setting_columns
-from ..stats import mean_interval
+from ..spec import Budget
+from ..stats import Interval, mean_interval, median_interval
 
 DEFAULT_BACKENDS = ("sdpa", "triton", "none")  # a model's usual attention ("none": CNNs); math is a comparison
 
@@ -59,11 +60,31 @@ def load(run_dirs: list[Path], out: Path) -> Runs:
         envs[run_dir] = json.loads(env_path.read_text()) if env_path.exists() else {}
     rows = pd.concat(frames, ignore_index=True)
     rows["label"] = rows["model"].fillna(rows["attn_backend"])
-    rows["subset"] = rows["train_size_used"] + rows["val_size"]  # images the cell drew (training + validation)
+    rows["subset"] = rows["train_size_used"]  # training images (validation: a fixed set apart, val_size)
     rows["route"] = [route(t, i) for t, i in zip(rows["task"], rows["init"])]
     rows["route_text"] = [ROUTE_TEXT[r].format(init=i) for r, i in zip(rows["route"], rows["init"])]
     rows["class_subset"] = [isinstance(d, str) and d != "synthetic" and is_class_range(d) for d in rows["dataset"]]
+    rows = one_rule_per_protocol(rows)
     return Runs(rows, _curves(rows, run_dirs), envs, out)
+
+
+def one_rule_per_protocol(rows: pd.DataFrame) -> pd.DataFrame:
+    """Converged-protocol cells grouped by their rule, not their cap (Budget.rule: a converged cell trains the same
+    under any larger cap). Where one setting ran under several caps (a size rerun with a larger cap after it
+    reached the first), the cells with the largest cap stand and the others are dropped from the report; budget
+    becomes the rule (the cell records keep the budget that ran)."""
+    budgets = rows["budget"]
+    converged = np.array([isinstance(b, Budget) and b.protocol == "converged" for b in budgets], dtype=bool)
+    if not converged.any():
+        return rows
+    mine = rows[converged]
+    cap = [b.cap_images(int(n), int(batch)) for b, n, batch in
+           zip(mine["budget"], mine["train_size_used"], mine["batch_size_used"].fillna(mine["batch_size"]))]
+    mine = mine.assign(budget=[b.rule() for b in mine["budget"]], cap=cap)
+    keys = [c for c in setting_columns() if c != "seed"] + ["seed", "device_name"]
+    largest = mine.groupby(keys, dropna=False, sort=False)["cap"].transform("max")
+    mine = mine[mine["cap"] == largest].drop(columns="cap")
+    return pd.concat([rows[~converged], mine]).sort_index()
 
 
 def _curves(rows: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
@@ -105,12 +126,15 @@ def unpaired(frame: pd.DataFrame) -> pd.DataFrame:
 def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
     """Test accuracy (%) per setting, seeds pooled: mean, its 95 % t interval (low, high; the mean itself for one
     seed), the seeds and their values, whether every seed converged; one row per value of the spec's axes (less
-    the seed) and device model. Diverged trainings are left out."""
+    the seed) and device model; the mean images seen and training FLOPs over the seeds (images, flops). Diverged
+    trainings are left out."""
     acc = ok_metric(rows, "accuracy", task=list(task))
     acc = acc[~flagged(acc["diverged"])]  # a diverged training is no measurement (the failure table lists it)
     if acc.empty:
         return acc
     acc["accuracy"] = acc["value"] * 100
+    for metric in ("images_seen", "train_flops"):  # what each cell's training cost, beside its accuracy
+        acc[metric] = acc["cell_id"].map(ok_metric(rows, metric).groupby("cell_id")["value"].first())
     acc = acc.sort_values("seed")  # values in seed order: seed i of one model pairs with seed i of another
     keys = [*setting_columns(), "device_name"]
     summary = acc.groupby(keys, dropna=False, sort=False).agg(
@@ -118,7 +142,8 @@ def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
         converged=("converged", lambda c: bool(np.all(c == True))),  # noqa: E712 - None (unknown) is not True
         values=("accuracy", list), seed_list=("seed", list), label=("label", "first"), family=("family", "first"),
         impl=("impl", "first"), subset=("subset", "first"), route=("route", "first"),
-        route_text=("route_text", "first"), protocol=("protocol", "first"), class_subset=("class_subset", "first"))
+        route_text=("route_text", "first"), protocol=("protocol", "first"), class_subset=("class_subset", "first"),
+        images=("images_seen", "mean"), flops=("train_flops", "mean"))
     intervals = [mean_interval(values) for values in summary["values"]]  # 95 % t; a single seed has none
     summary["low"] = [m if math.isnan(i.low) else i.low for m, i in zip(summary["mean"], intervals)]
     summary["high"] = [m if math.isnan(i.high) else i.high for m, i in zip(summary["mean"], intervals)]
@@ -129,3 +154,22 @@ def from_scratch_on_whole_datasets(summary: pd.DataFrame) -> pd.DataFrame:
     """The data-efficiency points: models trained from scratch on a whole dataset, never on a class subset such
     as the transfer study's fashion-mnist:5-9 (a 5-class task does not answer the 10-class question)."""
     return summary[(summary["route"] == "scratch") & ~summary["class_subset"]]
+
+
+def latency_samples(runs: Runs, device: str | None = None) -> pd.DataFrame:
+    """Per model, engine, batch, dtype and image size: `calls`, one list of per-call times (ms) per cell side (the
+    eager sides of several paired cells kept apart: a cell's calls share its moment of the machine)."""
+    lat = ok_metric(runs.rows, "latency_p50", **({} if device is None else {"device": device}))
+    lat = lat.dropna(subset=["samples"])
+    lat = lat.assign(calls=[[float(v) for v in s.split(";")] for s in lat["samples"]])
+    return lat.groupby(["device", "label", "family", "engine", "batch_size", "dtype", "img_size"],
+                       as_index=False)["calls"].agg(list)
+
+
+def paired_ratio(row: pd.Series) -> Interval:
+    """A paired cell's ratio with its interval, from the row's per-pair ratios (order statistics: bench/stats); a
+    row without samples keeps the interval it recorded."""
+    if isinstance(row["samples"], str) and row["samples"]:
+        return median_interval([float(v) for v in row["samples"].split(";")])
+    return Interval(row["value"], row["ci_low"], row["ci_high"], int(row["n_repeats"]), "recorded")
+

@@ -14,17 +14,19 @@ import seaborn as sns
 
 from ..spec import ENGINES
 
-from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study, ok_metric,
-                   unpaired)
-from .fits import data_curves, frontier_curves
+from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study,
+                   latency_samples, ok_metric, paired_ratio, unpaired)
+from .fits import accuracy, data_curves, frontier_curves
 from .style import Skip, save, style_of
 
-PROTOCOL_TITLES = {"converged": "converged (best validation checkpoint)",
+PROTOCOL_TITLES = {"converged": "converged (until a validation plateau, best checkpoint)",
+                   "fixed": "fixed (a set number of epochs)",
                    "compute-equal": "compute-equal (the same training budget for every model)"}
 
 
 def _mark_not_converged(ax, points: pd.DataFrame, x: str, y: str) -> None:
-    bad = points[~points["converged"]]
+    """Ring the converged-protocol points that reached their cap (other protocols stop by design)."""
+    bad = points[(points["protocol"] == "converged") & ~points["converged"]]
     if not bad.empty:
         ax.scatter(bad[x], bad[y], marker="o", s=150, facecolors="none", edgecolors="black", linewidths=1.2,
                    zorder=5, label="not converged")
@@ -68,14 +70,14 @@ def data_efficiency(runs: Runs) -> str:
             _label_lone_points(ax, points, "subset", "mean")
             for curve in (c for c in data_curves(runs) if (c.device, c.group) == (device, budget) and c.fit):
                 _draw_fit(ax, curve, style["palette"][curve.label])
-            ax.set(xscale="log", xlabel="training images drawn (log; 10% of them validate)",
+            ax.set(xscale="log", xlabel="training images (log; validation: a fixed 1,000 more)",
                    ylabel="test top-1 accuracy (%)", title=f"budget: {budget.label()}")
         _legend_outside(fig, axes[0][0])
         fig.suptitle(f"Data efficiency on {group['dataset'].iloc[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
         seeds = f"{int(group['seeds'].min())}-{int(group['seeds'].max())}"
         parts.append(save(fig, runs.out, f"data_efficiency_{protocol}_{device}.png",
                           f"Lines: mean over {seeds} seeds, bands: 95 % t interval; ringed: did not converge "
-                          "(validation still rising in the last quarter of the budget). Thin lines: the fitted "
+                          "(reached its cap before a validation plateau). Thin lines: the fitted envelope law "
                           "learning curve (converged points only), solid over the measured range, dashed beyond it "
                           "(extrapolation), with its bootstrap band. Look for where the ViT lines reach or cross "
                           "the CNN's."))
@@ -85,16 +87,15 @@ def data_efficiency(runs: Runs) -> str:
 
 def _draw_fit(ax, curve, colour, factor: float = 100) -> None:
     """A fitted learning curve: solid over the measured range, dashed out to `factor` times its largest size."""
-    fit = curve.fit
-    for xs, dash in ((np.geomspace(fit.n_min, fit.n_max, 40), "-"),
-                     (np.geomspace(fit.n_max, factor * fit.n_max, 40), "--")):
-        predicted = [curve.accuracy(fit.predict(x)) for x in xs]
+    for xs, dash in ((np.geomspace(curve.x_min, curve.x_max, 40), "-"),
+                     (np.geomspace(curve.x_max, factor * curve.x_max, 40), "--")):
+        predicted = [accuracy(e) for e in curve.fit.predict([(x,) for x in xs])]
         ax.plot(xs, [p.estimate for p in predicted], dash, color=colour, linewidth=1, alpha=0.9)
         ax.fill_between(xs, [p.low for p in predicted], [p.high for p in predicted], color=colour, alpha=0.08)
 
 
 def backtest_figure(runs: Runs) -> str:
-    """Each fitted model's largest size predicted from the others, against what was measured there."""
+    """Each fitted curve's largest size predicted from the others, against what was measured there."""
     curves = [c for c in data_curves(runs) + frontier_curves(runs) if c.backtest is not None]
     if not curves:
         raise Skip("no learning curve with enough converged sizes for a back-test (a fit needs 4 sizes, a "
@@ -104,32 +105,35 @@ def backtest_figure(runs: Runs) -> str:
         sizes = sorted(curve.points)
         means = [100 * (1 - np.mean(curve.points[n])) for n in sizes]
         ax.plot(sizes, means, "o", color="black", label="measured (mean over seeds)")
-        bt = curve.backtest
-        predicted = curve.accuracy(bt.predicted)
-        ax.errorbar([bt.size], [predicted.estimate], yerr=[[predicted.estimate - predicted.low],
-                                                           [predicted.high - predicted.estimate]],
-                    fmt="s", color="tab:red", capsize=4, label="predicted without it")
-        ax.set(xscale="log", title=f"{curve.label}: off by {abs(bt.error) * 100:.1f} points",
+        for held in curve.backtest.held_out:
+            predicted = accuracy(held.predicted)
+            ax.errorbar([held.coords[0]], [predicted.estimate], yerr=[[predicted.estimate - predicted.low],
+                                                                      [predicted.high - predicted.estimate]],
+                        fmt="s", color="tab:red", capsize=4, label="predicted without it")
+        ax.set(xscale="log", title=f"{curve.label}: off by {curve.backtest.mean_abs_error * 100:.1f} points",
                xlabel="training FLOPs (log)" if curve.group == "frontier" else "training images (log)",
                ylabel="test top-1 accuracy (%)")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Learning-curve back-test: the largest size predicted from the others (3 points off or less: "
                  "reliable)")
-    return save(fig, runs.out, "backtest.png", "Black: measured means; red: the fit without the largest size "
-                                               "predicting it, with its bootstrap interval. A forecast is printed "
-                                               "as an answer only when its curves pass this test.")
+    return save(fig, runs.out, "backtest.png", "Black: measured means; red: the envelope law fitted without the "
+                                               "largest size predicting its mean, with a 95 % prediction interval "
+                                               "(the curve's uncertainty and one new cell's seed noise). A "
+                                               "forecast is printed as an answer only when its curves pass this "
+                                               "test.")
 
 
 def latency(runs: Runs) -> str:
-    """Median call time with whiskers to the 99th percentile, per engine, model and batch."""
-    lat = ok_metric(runs.rows, "latency_p50")
-    if lat.empty:
+    """Median call time with whiskers to the 99th percentile, per engine, model and batch: percentiles of every
+    call of the model's cells pooled (never an average of the cells' percentiles), with the cells' own medians."""
+    samples = latency_samples(runs)
+    if samples.empty:
         raise Skip("no latency cells (task latency, the deployment study of suites/scaling.yaml)")
-    p99 = ok_metric(runs.rows, "latency_p99")
-    lat = lat.merge(p99[["cell_id", "model", "engine", "value"]], on=["cell_id", "model", "engine"],
-                    suffixes=("", "_p99"))
-    table = lat.groupby(["device", "engine", "label", "batch_size"], as_index=False).agg(
-        p50=("value", "median"), p99=("value_p99", "median"))
+    pooled = samples["calls"].map(np.concatenate)
+    table = samples[["device", "engine", "label", "batch_size"]].assign(
+        cells=samples["calls"].map(len), calls=pooled.map(len), p50=pooled.map(np.median),
+        p99=pooled.map(lambda x: np.percentile(x, 99)),
+        cell_p50s=samples["calls"].map(lambda cells: ", ".join(f"{np.median(c):.3g}" for c in cells)))
     parts = []
     for device, group in table.groupby("device"):
         engines = sorted(group["engine"].unique(), key=list(ENGINES).index)
@@ -146,11 +150,13 @@ def latency(runs: Runs) -> str:
         axes[0][0].legend(fontsize=8)
         fig.suptitle(f"Deployment latency on {device}: one call at small batches, per engine")
         parts.append(save(fig, runs.out, f"latency_{device}.png", "Points: median call time; whiskers: the 99th "
-                                                                   "percentile. Lower is better; compare models "
+                                                                   "percentile, of every call of the model's cells "
+                                                                   "pooled. Lower is better; compare models "
                                                                    "within a panel and engines across panels."))
         shown = group.assign(p50=group["p50"].map("{:.3g}".format), p99=group["p99"].map("{:.3g}".format))
         parts.append(shown.rename(columns={"label": "model", "batch_size": "batch", "p50": "p50 (ms)",
-                                           "p99": "p99 (ms)"}).to_markdown(index=False))
+                                           "p99": "p99 (ms)", "cell_p50s": "each cell's p50 (ms)"})
+                     .to_markdown(index=False))
     return "\n\n".join(parts)
 
 
@@ -247,7 +253,8 @@ def accuracy_vs_compute(runs: Runs) -> str:
             sns.scatterplot(data=group, x=x, y="accuracy", size="subset", sizes=(25, 160), ax=ax,
                             legend=ax is axes[0], **style)
             ax.set(xscale="log", xlabel=xlabel, ylabel="test top-1 accuracy (%)")
-        for curve in (c for c in frontier_curves(runs) if c.device == device and c.fit):
+        fitted = frontier_curves(runs) if protocol == "converged" else []  # the frontier is fitted within one regime
+        for curve in (c for c in fitted if c.device == device and c.fit):
             colour = "tab:blue" if curve.family == "vit" else "tab:orange"
             _draw_fit(axes[0], curve, colour, factor=10)
         axes[0].legend(fontsize=7, loc="lower right")
@@ -410,10 +417,12 @@ def paired_table(runs: Runs) -> str:
         "device": ratios["device"], "model": ratios["label"], "engine": ratios["engine"],
         "against": ratios["paired_with"], "task": ratios["task"], "batch": ratios["batch_size"],
         "px": ratios["img_size"], "ratio": ratios["metric"],
-        "value": [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in
-                  zip(ratios["value"], ratios["ci_low"], ratios["ci_high"])],
+        "value": [f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}] ({i.method})" if i.has_interval else
+                  f"{i.estimate:.3f} (no interval from {i.n})"
+                  for i in (paired_ratio(r) for _, r in ratios.iterrows())],
         "repeats": ratios["n_repeats"]})
-    return ("Both sides timed alternately (ABBA) in one process, with a 95% bootstrap interval of the median: "
+    return ("Both sides timed alternately (ABBA) in one process; the median of the per-pair ratios with its "
+            "order-statistic interval (95 % or more; with 5 pairs their range, 94 %): "
             "throughput_ratio is the model's throughput over `against`'s (above 1: faster); latency_ratio its median "
             "call time over `against`'s (below 1: faster). An interval that excludes 1 is a real difference on that "
             "machine.\n\n" + table.to_markdown(index=False))

@@ -1,15 +1,14 @@
 """Learning curves fitted to the measurements, and what they forecast beyond the measured range.
 
-Per model, protocol and budget: error(n) = e_inf + a * n^(-b) (bench/stats.py: a saturating power law, Hestness
-et al. 2017, Zhai et al. 2022) fitted to the converged points of the data-efficiency study (every seed of a size
-converged; sizes that did not are left out and named), with bootstrap intervals over seeds, and its back-test:
-the fit without the largest size, predicting it. Per family: the same law in training FLOPs fitted to the family's
-compute frontier (the cells no cheaper cell of the family beats; the ViT paper's Figure 5). A forecast (the best
-ViT's and the best CNN's predicted accuracy at 10x and 100x the largest measured size, and where their curves
-meet) is an answer only when both back-tests missed by at most 3 points; otherwise it is printed as unreliable.
-Every curve's bootstrap draws the same resample of seed indices at each size (seed 0 of the generator), and each
-size's errors are in seed order, so where two curves share their sizes and seeds (a seed draws the same subset for
-every model) the crossover's bootstrap pairs them by seed.
+Per model, dataset and budget of the converged protocol: Rosenfeld et al.'s envelope law (bench/stats/laws.py:
+a power law with a floor, bent towards the random-guess error at small n) fitted in log error to the converged
+sizes (every seed of a size converged; sizes that did not are left out and named), with a parametric bootstrap
+whose noise is the seeds' own, and its back-test: the fit without the largest size, predicting that size's mean
+with one new cell's seed noise. Per family: the same law in training FLOPs, fitted to the family's compute
+frontier within the converged protocol (the cells no cheaper cell of the family beats; of cells with equal FLOPs,
+the more accurate; the ViT paper's Figure 5). A forecast (the best ViT's and the best CNN's predicted accuracy at
+10x and 100x the largest measured size, and where their curves meet) is an answer only when both back-tests
+missed by at most 3 points; otherwise it is printed as unreliable.
 """
 
 from __future__ import annotations
@@ -20,12 +19,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..stats import Backtest, Crossover, Interval, LearningCurve, NoFit, backtest, crossover, fit_power_law
+from ..data import input_shape
 from ..results import setting_columns
+from ..stats import Backtest, Crossover, Fit, Interval, NoFit, backtest, chance_error, crossover, fit
 from .data import Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets, ok_metric
 
-RESAMPLES = 500  # bootstrap refits per curve
-MIN_SIZES = 4  # a fit needs this many sizes (a back-test one more)
+LAW = "envelope"  # knows the random-guess error: the small sizes bend towards it instead of being left out
+RESAMPLES = 400  # bootstrap refits per curve
 RELIABLE_POINTS = 3.0  # a back-test missing by more makes the forecast unreliable
 FACTORS = (10, 100)  # forecast at these multiples of the largest measured size
 
@@ -40,34 +40,54 @@ class Curve:
     label: str  # the model, or the family for a compute frontier
     family: str
     points: dict[float, list[float]]
+    chance: float  # the random-guess error of the dataset
+    what: str = ""  # dtype and protocol words, for the Answer
     left_out: list[float] = field(default_factory=list)  # sizes not converged
-    fit: LearningCurve | None = None
+    fit: Fit | None = None
     why_not: str = ""
     backtest: Backtest | None = None
     backtest_why_not: str = ""
 
     @property
     def reliable(self) -> bool:
-        return self.backtest is not None and abs(self.backtest.error) * 100 <= RELIABLE_POINTS
+        return self.backtest is not None and self.backtest.reliable
 
-    def accuracy(self, interval: Interval) -> Interval:
-        """An error interval as an accuracy interval in %."""
-        return Interval(100 * (1 - interval.estimate), 100 * (1 - interval.high), 100 * (1 - interval.low),
-                        interval.n, interval.method)
+    @property
+    def x_min(self) -> float:
+        return min(self.points)
+
+    @property
+    def x_max(self) -> float:
+        return max(self.points)
+
+    def predict(self, x: float, seeds: int | None = None) -> Interval:
+        """The fitted accuracy (%) at x, with its bootstrap interval (and one new cell's noise, seeds given)."""
+        (error,) = self.fit.predict([(x,)], seeds=seeds)
+        return accuracy(error)
+
+
+def accuracy(error: Interval) -> Interval:
+    """An error interval (fraction) as an accuracy interval in %."""
+    return Interval(100 * (1 - error.estimate), 100 * (1 - error.high), 100 * (1 - error.low), error.n,
+                    error.method, tuple(100 * (1 - v) for v in error.values))
 
 
 def _fitted(curve: Curve) -> Curve:
     try:
-        curve.fit = fit_power_law(curve.points, min_sizes=MIN_SIZES, resamples=RESAMPLES)
+        curve.fit = fit(curve.points, LAW, chance=curve.chance, resamples=RESAMPLES)
     except NoFit as why:
         curve.why_not = str(why)
         return curve
     try:
-        curve.backtest = backtest(curve.points, threshold=RELIABLE_POINTS / 100, min_sizes=MIN_SIZES,
+        curve.backtest = backtest(curve.points, LAW, chance=curve.chance, threshold=RELIABLE_POINTS / 100,
                                   resamples=RESAMPLES)
     except NoFit as why:
-        curve.backtest_why_not = f"no back-test: without the largest size the fit {why}"
+        curve.backtest_why_not = f"no back-test: without the largest size, {why}"
     return curve
+
+
+def chance_of(dataset: str) -> float:
+    return chance_error(input_shape(dataset, 3, 1000)[1])
 
 
 @functools.cache
@@ -79,42 +99,50 @@ def data_curves(runs: Runs) -> list[Curve]:
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     summary = summary[summary["protocol"] == "converged"]
     curves = []
-    for (device, _, dataset, budget, label), group in summary.groupby(["device", "device_name", "dataset", "budget",
-                                                                      "label"]):
+    for (device, _, dataset, budget, label, dtype), group in summary.groupby(
+            ["device", "device_name", "dataset", "budget", "label", "dtype"]):
         converged = group[group["converged"]]
         curve = Curve(device, dataset, budget, label, group["family"].iloc[0],
                       {float(n): [1 - v / 100 for v in values] for n, values in zip(converged["subset"],
                                                                                      converged["values"])},
+                      chance_of(dataset), f"{dtype}, {budget.label()}",
                       sorted(float(n) for n in group.loc[~group["converged"], "subset"]))
         curves.append(_fitted(curve))
     return curves
 
 
-def _frontier(points: pd.DataFrame) -> pd.DataFrame:
-    """The points no cheaper point beats (ascending cost, strictly falling error)."""
-    points = points.sort_values("flops")
+def frontier(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no cheaper point beats: ascending FLOPs, strictly falling error; of points with equal FLOPs
+    (within 1 %), the one with the lower error is the candidate (a rule, not the rows' order)."""
+    points = points.assign(cost=points["flops"].map(lambda f: round(math.log(f) / math.log(1.01))))
+    points = points.sort_values(["cost", "error"]).drop_duplicates("cost")
     return points[points["error"] < points["error"].cummin().shift(fill_value=math.inf)]
 
 
 @functools.cache
 def frontier_curves(runs: Runs) -> list[Curve]:
-    """Per device, dataset and family: error against training FLOPs on the family's compute frontier (every setting
-    trained from scratch on a whole dataset, either protocol; its FLOPs the mean over its seeds)."""
-    rows = ok_metric(runs.rows, "accuracy", task=["train_eval"])
+    """Per device, dataset and family: error against training FLOPs on the family's compute frontier, within the
+    converged protocol (every setting trained from scratch on a whole dataset, every seed converged; its FLOPs the
+    mean over its seeds). Compute-equal cells are another regime (stopped by the clock, not the data) and stay out."""
+    rows = ok_metric(runs.rows, "accuracy", task=["train_eval"], protocol="converged")
     rows = rows[(rows["route"] == "scratch") & ~rows["class_subset"].astype(bool) & ~flagged(rows["diverged"])]
     if rows.empty:
         return []
-    rows["flops"] = rows["cell_id"].map(ok_metric(runs.rows, "train_flops").groupby("cell_id")["value"].first())
+    rows = rows.assign(flops=rows["cell_id"].map(ok_metric(runs.rows, "train_flops").groupby("cell_id")["value"]
+                                                 .first()))
     cells = rows.dropna(subset=["flops"]).groupby([*setting_columns(), "device_name"], dropna=False, sort=False).agg(
-        flops=("flops", "mean"), values=("value", list), family=("family", "first"))
+        flops=("flops", "mean"), values=("value", list), family=("family", "first"),
+        converged=("converged", "all"))
+    cells = cells[cells["converged"]]
     cells["error"] = [1 - sum(v) / len(v) for v in cells["values"]]
     curves = []
     for (device, _, dataset, family), group in cells.reset_index().groupby(["device", "device_name", "dataset",
                                                                             "family"]):
-        front = _frontier(group)
+        front = frontier(group)
         curves.append(_fitted(Curve(device, dataset, "frontier", family, family,
                                     {float(f): [1 - v for v in values] for f, values in zip(front["flops"],
-                                                                                          front["values"])})))
+                                                                                          front["values"])},
+                                    chance_of(dataset), "converged cells")))
     return curves
 
 
@@ -122,17 +150,29 @@ def frontier_curves(runs: Runs) -> list[Curve]:
 class Forecast:
     vit: Curve
     cnn: Curve
-    crossover: Crossover | None
+    crossover: Crossover
     predictions: dict[int, tuple[Interval, Interval]]  # factor -> (ViT accuracy, CNN accuracy), in %
     reliable: bool
     why: str  # why it is unreliable ('' when reliable)
+
+    @property
+    def largest(self) -> float:
+        return max(self.vit.x_max, self.cnn.x_max)
 
 
 def _best(curves: list[Curve], family: str) -> Curve | None:
     """The fitted curve of the family that reaches the largest size, and of those the most accurate there."""
     fitted = [c for c in curves if c.family == family and c.fit is not None]
-    return min(fitted, key=lambda c: (-max(c.points), sum(c.points[max(c.points)]) / len(c.points[max(c.points)])),
-               default=None)
+    return min(fitted, key=lambda c: (-c.x_max, sum(c.points[c.x_max]) / len(c.points[c.x_max])), default=None)
+
+
+def miss(curve: Curve) -> str:
+    """Why a curve's forecast is not reliable ('' when it is)."""
+    if curve.backtest is None:
+        return f"{curve.label}: {curve.backtest_why_not or curve.why_not}"
+    if not curve.reliable:
+        return f"{curve.label}'s back-test missed by {curve.backtest.mean_abs_error * 100:.1f} points"
+    return ""
 
 
 @functools.cache
@@ -146,11 +186,8 @@ def forecasts(runs: Runs) -> list[Forecast]:
         vit, cnn = _best(curves, "vit"), _best(curves, "cnn")
         if vit is None or cnn is None:
             continue
-        largest = max(vit.fit.n_max, cnn.fit.n_max)
-        predictions = {f: (vit.accuracy(vit.fit.predict(f * largest)), cnn.accuracy(cnn.fit.predict(f * largest)))
-                       for f in FACTORS}
-        misses = [f"{c.label}: {c.backtest_why_not}" if c.backtest is None else
-                  f"{c.label}'s back-test missed by {abs(c.backtest.error) * 100:.1f} points"
-                  for c in (vit, cnn) if not c.reliable]
+        largest = max(vit.x_max, cnn.x_max)
+        predictions = {f: (vit.predict(f * largest), cnn.predict(f * largest)) for f in FACTORS}
+        misses = [m for m in (miss(vit), miss(cnn)) if m]
         out.append(Forecast(vit, cnn, crossover(vit.fit, cnn.fit), predictions, not misses, "; ".join(misses)))
     return out

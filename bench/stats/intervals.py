@@ -28,7 +28,7 @@ COVERAGE = {
     "paired t": "95 % (exact for normal per-seed differences; 3 seeds)",
     "welch t": "95 % (Welch's approximation)",
     "order statistics": "at least 95 % (distribution-free, exact binomial)",
-    "block bootstrap": "about 94 % for 20 blocks per side (simulated, autocorrelated calls)",
+    "block bootstrap": "about 96 % for 20 blocks per side (simulated, autocorrelated calls)",
     "parametric bootstrap": "about 95 % for curve predictions and parameters at 5 sizes x 3 seeds (simulated from "
                             "a known law; parameters about 89 % at 7 sizes)",
 }
