@@ -20,7 +20,6 @@ from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec
 from .common import Task, check_model_cell, reject
-from ..stats import median_interval
 from .throughput import (Prepared, check_pair, effective, engine_rows, other_requested, ratio_columns, sides,
                          side_label)
 
@@ -66,6 +65,8 @@ def _paired_rows(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared, sam
     maker_a = RowMaker(spec, ctx, **effective(a), paired_with=side_label(b.spec, spec))
     maker_b = RowMaker(spec, ctx, **effective(b), paired_with=side_label(spec, b.spec))
     b_requested = other_requested(spec)
+    from ..stats import median_interval  # not at import: scipy starts a thread (bench/tasks/throughput.py)
+
     ratio = median_interval(ratios)  # each ratio one ABBA block: the unit that is independent
     return [*_latency_rows(maker_a, samples_a, load), *_latency_rows(maker_b, samples_b, load, **b_requested),
             *engine_rows(maker_a, a), *engine_rows(maker_b, b, **b_requested),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +33,10 @@ from ..paths import CellContext
 from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
-from ..stats import Interval, median_interval
 from .common import Task, check_model_cell, reject
+
+if TYPE_CHECKING:  # bench.stats imports scipy, whose BLAS starts a thread: never in the warm parent (PRELOAD)
+    from ..stats import Interval
 
 
 def check(spec: CellSpec) -> CellSpec:
@@ -223,7 +225,7 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     return out
 
 
-def ratio_columns(ratio: Interval) -> dict:
+def ratio_columns(ratio: "Interval") -> dict:
     """A paired ratio's interval as ci_low / ci_high (empty where the repeats are too few for one)."""
     return {"ci_low": ratio.low, "ci_high": ratio.high} if ratio.has_interval else {}
 
@@ -239,6 +241,8 @@ def run_paired(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared) -> li
     maker_b = RowMaker(spec, ctx, **effective(b), paired_with=label_a)
     b_requested = other_requested(spec)
     ratios = [tb / ta for ta, tb in zip(time_a.seconds, time_b.seconds)]  # throughput A / throughput B
+    from ..stats import median_interval  # here, not at import: see TYPE_CHECKING above
+
     ratio = median_interval(ratios)  # each ratio one pair of repeats
     return [*_timing_rows(maker_a, a, time_a, load), *_timing_rows(maker_b, b, time_b, load, **b_requested),
             *engine_rows(maker_a, a), *engine_rows(maker_b, b, **b_requested),
