@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.stats import (blocks_of, difference_interval, fit, mean_interval, median_interval,  # noqa: E402
-                         ratio_of_medians_interval)
-from tests.test_stats import CHANCE, NOISE, TRUE, _autocorrelated_calls, simulate  # noqa: E402
+from bench.stats import difference_interval, fit, mean_interval, median_interval  # noqa: E402
+from tests.test_stats import CHANCE, NOISE, TRUE, ratio_coverage, simulate  # noqa: E402
 
 rng = np.random.default_rng(0)
 t = [mean_interval(rng.normal(0.7, 0.02, 3)) for _ in range(5000)]
@@ -23,18 +22,8 @@ print("welch, 3 v 3:", np.mean([i.low <= 0.02 <= i.high for i in d]))
 for n in (5, 8, 10, 20):
     m = [median_interval(rng.lognormal(0.2, 0.1, n)) for _ in range(5000)]
     print(f"median order stats n={n}:", np.mean([i.low <= math.exp(0.2) <= i.high for i in m]), m[0].method)
-hits = []
-for s in range(400):
-    a, b = _autocorrelated_calls(rng, 3.0, 20), _autocorrelated_calls(rng, 2.0, 20)
-    i = ratio_of_medians_interval([blocks_of(a, 10)], [blocks_of(b, 10)], resamples=1000, seed=s)
-    hits.append(i.low <= 1.5 <= i.high)
-print("block bootstrap, 20 blocks a side:", np.mean(hits))
-hits = []
-for s in range(400):
-    a, b = _autocorrelated_calls(rng, 3.0, 20), _autocorrelated_calls(rng, 2.0, 20)
-    i = ratio_of_medians_interval([blocks_of(a, 1)], [blocks_of(b, 1)], resamples=1000, seed=s)
-    hits.append(i.low <= 1.5 <= i.high)
-print("call bootstrap (the old method), same data:", np.mean(hits))
+print("block bootstrap, 20 blocks a side:", ratio_coverage(rng, trials=400, block=10, resamples=1000))
+print("call bootstrap (the old method), same data:", ratio_coverage(rng, trials=400, block=1, resamples=1000))
 curve, cell, alpha = [], [], []
 t0 = time.time()
 for trial in range(100):
