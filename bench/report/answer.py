@@ -21,7 +21,7 @@ import pandas as pd
 from ..stats import COVERAGE, Interval, blocks_of, difference_interval, mean_interval, ratio_of_medians_interval
 from ..tasks.latency import BLOCK as LATENCY_BLOCK
 from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets,
-                   latency_samples, ok_metric, paired_ratio, unpaired)
+                   latency_samples, ok_metric, paired_ratio, samples_of, unpaired)
 from .figures import crossover_statements
 from .fits import Curve, accuracy, data_curves, forecasts, frontier_curves
 
@@ -353,7 +353,7 @@ def speed_answer(runs: Runs, device: str) -> list[str]:
 def _repeats(rows: pd.DataFrame) -> list[list[np.ndarray]]:
     """Per cell, its timed repeats as blocks of one value (a repeat times many steps back to back: the unit that
     is independent); a row without samples gives its value as one repeat."""
-    return [[np.array([float(v)]) for v in (s.split(";") if isinstance(s, str) and s else [value])]
+    return [[np.array([v]) for v in samples_of(s) or [float(value)]]
             for s, value in zip(rows["samples"], rows["value"])]
 
 

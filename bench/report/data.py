@@ -156,12 +156,17 @@ def from_scratch_on_whole_datasets(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[(summary["route"] == "scratch") & ~summary["class_subset"]]
 
 
+def samples_of(text) -> list[float]:
+    """A row's raw per-repeat values (the ';'-separated `samples` column); [] where none were kept."""
+    return [float(v) for v in text.split(";")] if isinstance(text, str) and text else []
+
+
 def latency_samples(runs: Runs, device: str | None = None) -> pd.DataFrame:
     """Per model, engine, batch, dtype and image size: `calls`, one list of per-call times (ms) per cell side (the
     eager sides of several paired cells kept apart: a cell's calls share its moment of the machine)."""
     lat = ok_metric(runs.rows, "latency_p50", **({} if device is None else {"device": device}))
     lat = lat.dropna(subset=["samples"])
-    lat = lat.assign(calls=[[float(v) for v in s.split(";")] for s in lat["samples"]])
+    lat = lat.assign(calls=[samples_of(s) for s in lat["samples"]])
     return lat.groupby(["device", "label", "family", "engine", "batch_size", "dtype", "img_size"],
                        as_index=False)["calls"].agg(list)
 
@@ -169,7 +174,7 @@ def latency_samples(runs: Runs, device: str | None = None) -> pd.DataFrame:
 def paired_ratio(row: pd.Series) -> Interval:
     """A paired cell's ratio with its interval, from the row's per-pair ratios (order statistics: bench/stats); a
     row without samples keeps the interval it recorded."""
-    if isinstance(row["samples"], str) and row["samples"]:
-        return median_interval([float(v) for v in row["samples"].split(";")])
+    if samples_of(row["samples"]):
+        return median_interval(samples_of(row["samples"]))
     return Interval(row["value"], row["ci_low"], row["ci_high"], int(row["n_repeats"]), "recorded")
 
