@@ -25,8 +25,12 @@ VARIANTS: dict[str, VariantShape] = {
     "L": VariantShape(1024, 24, 16),
     "H": VariantShape(1280, 32, 16),
     # Small-image variants for 28-32 px inputs (Fashion-MNIST, CIFAR) that train in minutes on a CPU.
-    # Mu ("micro"): ~0.8M parameters; Mi ("mini"): ~3.2M parameters. Use with patch 4 (or 2, 7) at 28/32 px.
+    # A width series at depth 6, MLP ratio 2 and 32-dim heads, for model-scale studies on a CPU: Na ("nano"):
+    # ~0.2M parameters; Mu ("micro"): ~0.8M; Sm ("small-micro", between Mu and Mi): ~1.8M; Mi ("mini"): ~3.2M.
+    # Use with patch 4 (or 2, 7) at 28/32 px.
+    "Na": VariantShape(64, 6, 2, mlp_ratio=2.0),
     "Mu": VariantShape(128, 6, 4, mlp_ratio=2.0),
+    "Sm": VariantShape(192, 6, 6, mlp_ratio=2.0),
     "Mi": VariantShape(256, 6, 8, mlp_ratio=2.0),
 }
 
