@@ -50,11 +50,12 @@ def test_gpu_shaped_results_draw_every_figure_of_the_gpu_grids(tmp_path, saved):
     assert "`vit:B/16` vs `timm:vit_base_patch16_224`" in answer
     assert "1.08x [1.05, 1.11] (n=10, recorded; faster)" in answer
     assert "| 59,000 |" in answer and "](data_efficiency_converged_cuda.png)" in answer
+    assert "- ViT (`vit:Ti/4`, `vit:S/4`, `vit:B/4`: " in answer and "](grid_cuda_fashion-mnist.png)" in report
     assert "metrics.csv" in report and (tmp_path / "report" / "metrics.csv").exists()
 
 
 def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_path, saved):
-    run = fixture_run(tmp_path, ["scaling", "data_efficiency"], "cpu")
+    run = fixture_run(tmp_path, ["scaling", "data_efficiency", "compute_equal"], "cpu")
     report = report_mod.write_report([run], tmp_path / "report").read_text()
     # one figure per protocol, never both in one
     assert {"data_efficiency_converged_cpu.png", "data_efficiency_compute-equal_cpu.png"} <= set(saved)
@@ -74,6 +75,16 @@ def test_cpu_results_answer_first_protocols_apart_and_non_converged_marked(tmp_p
     assert ("training images (log; validation: a fixed 1,000 more)", "test top-1 accuracy (%)", "log", "linear") \
         in saved["data_efficiency_converged_cpu.png"]
     assert "_Skipped: no fine-tune or linear-probe cells" in report  # a missing study is a line, not a crash
+    grid = answer[answer.index("**Model size x data size on fashion-mnist**"):answer.index("**Learning curves**")]
+    assert "- ViT (`vit:Na/7`, `vit:Mu/7`, `vit:Sm/7`: " in grid
+    assert "- CNN (`resnet9-w8`, `resnet9`, `resnet9-w32`" in grid
+    assert grid.count("back-test on the held-out corner (fitted without 4,000 images and without `") == 2
+    assert "| 4,000 | `vit:" in grid and "**Where the ViT overtakes the CNN**" in grid
+    assert "4x larger models (" in grid and "**How the compute-optimal model grows with data**" in grid
+    for name in ("grid_cpu_fashion-mnist.png", "grid_backtest_cpu_fashion-mnist.png",
+                 "grid_crossover_cpu_fashion-mnist.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in report, name
+    assert "| vit | `vit:Sm/7` | 4,000 |" in report  # the back-test's cells, one per row
 
 
 def test_transfer_answer_gives_every_route_and_whether_mae_reaches_the_cnn(tmp_path, saved):

@@ -11,13 +11,14 @@ import pandas as pd
 from ..env import ENVIRONMENT_KEYS
 from ..measure.phases import PHASES
 from ..results import setting_columns
-from . import figures
+from . import figures, grid_figures
 from .answer import answer
 from .data import Runs, flagged, load
 from .style import Skip
 
 SECTIONS = [  # (title, figure function)
     ("Data efficiency", figures.data_efficiency),
+    ("Model size x data size", grid_figures.model_data_grid),
     ("Transfer and self-supervised pretraining", figures.transfer),
     ("MAE gain over training from scratch", figures.mae_gain),
     ("MAE reconstructions", lambda runs: figures.artifacts(runs, "recon_loss", "MAE reconstruction")),

@@ -24,6 +24,7 @@ from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scrat
                    latency_samples, ok_metric, paired_ratio, samples_of, unpaired)
 from .figures import crossover_statements
 from .fits import Curve, accuracy, data_curves, forecasts, frontier_curves
+from .grid import grid_answer
 
 THRESHOLDS = (80.0, 85.0, 90.0)  # "the fastest model at or above X% test accuracy"
 
@@ -89,7 +90,7 @@ def accuracy_answer(runs: Runs, device: str) -> list[str]:
     if crossings:
         lines += ["**Crossover in the measured range** ([data efficiency](#data-efficiency)):", ""]
         lines += [f"- {s}" for s in crossings] + [""]
-    return lines + forecast_answer(runs, device)
+    return lines + grid_answer(runs, device) + forecast_answer(runs, device)
 
 
 def _size(n: float) -> str:
