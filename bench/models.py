@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+import cnn_impl
 import vit_impl
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -140,11 +140,11 @@ def _build_torchvision_resnet(match, img_size, in_chans, num_classes, backend, d
 
 
 def _build_cifar_resnet(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
-    return CifarResNet(CIFAR_RESNET_DEPTHS[match[0]], in_chans=in_chans, num_classes=num_classes)
+    return cnn_impl.CifarResNet(CIFAR_RESNET_DEPTHS[match[0]], in_chans=in_chans, num_classes=num_classes)
 
 
 def _build_resnet9(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
-    return ResNet9(int(match["width"] or 16), in_chans=in_chans, num_classes=num_classes)
+    return cnn_impl.ResNet9(int(match["width"] or 16), in_chans=in_chans, num_classes=num_classes)
 
 
 def _no_check(match: re.Match) -> None:
@@ -225,91 +225,3 @@ def build_model(spec: str, *, img_size: int, in_chans: int = 3, num_classes: int
 def load_weights(spec: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Fine-tuning: load a state dict into a model built from `spec` (classifier left fresh)."""
     model_family(spec).load_weights(model, state)
-
-
-# ------------------------------------------------------------------ CIFAR-style ResNet (He et al. 2016, 4.2)
-
-
-class _BasicBlock(nn.Module):
-    """3x3 conv - BN - ReLU - 3x3 conv - BN, plus an identity shortcut that subsamples and zero-pads channels
-    when the shape changes (option A of the paper: no extra parameters)."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.stride = stride
-        self.pad_channels = planes - in_planes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
-        if self.pad_channels:
-            half = self.pad_channels // 2
-            shortcut = F.pad(shortcut, (0, 0, 0, 0, half, self.pad_channels - half))
-        return F.relu(out + shortcut)
-
-
-class CifarResNet(nn.Module):
-    """ResNet-(6n+2): 16-32-64 channels, n blocks per stage, global average pool, linear classifier."""
-
-    def __init__(self, depth: int, in_chans: int = 3, num_classes: int = 10):
-        super().__init__()
-        if (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}")
-        n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
-            for i in range(n):
-                layers.append(_BasicBlock(in_planes, planes, stride if i == 0 else 1))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        return self.fc(x.mean(dim=(2, 3)))
-
-
-# ---------------------------------------------------------------- ResNet-9 (Page 2018, the DAWNBench CIFAR-10 net)
-
-
-def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
-class _Residual(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.body = nn.Sequential(_conv_bn(channels, channels), _conv_bn(channels, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class ResNet9(nn.Module):
-    """A small, fast ResNet for CPU budgets on 28-32 px inputs: prep conv, then three stages that double the
-    width and halve the resolution (conv-BN-ReLU + max-pool), residual blocks after the first and the last,
-    global max-pool, linear classifier. Widths w, 2w, 4w, 8w (w = 16: 0.41M parameters)."""
-
-    def __init__(self, width: int = 16, in_chans: int = 3, num_classes: int = 10):
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            _conv_bn(in_chans, w),  # (B, w, H, W)
-            _conv_bn(w, 2 * w), nn.MaxPool2d(2), _Residual(2 * w),  # (B, 2w, H/2, W/2)
-            _conv_bn(2 * w, 4 * w), nn.MaxPool2d(2),  # (B, 4w, H/4, W/4)
-            _conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), _Residual(8 * w),  # (B, 8w, H/8, W/8)
-        )
-        self.fc = nn.Linear(8 * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).amax(dim=(2, 3)))
