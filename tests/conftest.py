@@ -204,4 +204,5 @@ def fixture_run(tmp_path: Path, suites: list[str], device: str, name: str = "run
 def _fewer_report_refits(monkeypatch):
     """The report's curve and surface fits with 150 bootstrap refits (400 in a real report), as tests/test_stats.py
     fits its own: intervals as wide, their ends a little noisier, the test run shorter."""
-    monkeypatch.setattr("bench.report.fits.RESAMPLES", 150)
+    for module in ("bench.report.fits", "bench.report.grid"):
+        monkeypatch.setattr(f"{module}.RESAMPLES", 150)

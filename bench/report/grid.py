@@ -20,8 +20,7 @@ import numpy as np
 
 from ..stats import Backtest, Crossover, Fit, Interval, NoFit, choose_law, crossover, fit, optimal_model_exponent
 from .data import Runs, accuracy_summary, from_scratch_on_whole_datasets
-from . import fits
-from .fits import accuracy, chance_of
+from .fits import RESAMPLES, accuracy, chance_of
 
 LAWS_2D = ("envelope-2d", "power-2d")
 GOAL_POINTS = 2.0  # the back-test's mean absolute error the grid aims at
@@ -72,8 +71,8 @@ class Surface:
 def _fitted(surface: Surface) -> Surface:
     try:
         law, surface.tried = choose_law(surface.points, LAWS_2D, chance=surface.chance,
-                                        threshold=RELIABLE_POINTS / 100, resamples=fits.RESAMPLES)
-        surface.fit = fit(surface.points, law, chance=surface.chance, resamples=fits.RESAMPLES)
+                                        threshold=RELIABLE_POINTS / 100, resamples=RESAMPLES)
+        surface.fit = fit(surface.points, law, chance=surface.chance, resamples=RESAMPLES)
     except NoFit as why:
         surface.why_not = str(why)
     return surface
@@ -282,7 +281,7 @@ def grid_answer(runs: Runs, device: str) -> list[str]:
         lines += best_table(vit, cnn) + [""]
         if vit.fit is None or cnn.fit is None:
             continue
-        lines += [f"**Where the ViT overtakes the CNN** (extrapolation from the fitted surfaces; searched up to "
+        lines += ["**Where the ViT overtakes the CNN** (extrapolation from the fitted surfaces; searched up to "
                   "1e9 images):", ""] + crossover_lines(vit, cnn) + [""]
         lines += ["**How the compute-optimal model grows with data** (training compute ~ n * m, a fixed number of "
                   "epochs; minimising the fitted error at fixed compute):", ""]

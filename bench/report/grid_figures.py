@@ -29,7 +29,7 @@ def _family_panel(ax, surface: Surface) -> None:
         if cells:
             means = [100 * (1 - np.mean(e)) for _, e in cells]
             ax.plot([n for n, _ in cells], means, "o", color=colour, label=label)
-            for (n, errors), mean in zip(cells, means):
+            for n, errors in cells:
                 if len(errors) > 1:
                     ax.vlines(n, 100 * (1 - max(errors)), 100 * (1 - min(errors)), color=colour)
         if surface.fit is None:

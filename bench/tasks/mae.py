@@ -11,22 +11,19 @@ fine-tunes or probes it) and the whole MAE. artifacts/<cell_id>/ gets a reconstr
 
 from __future__ import annotations
 
-
 import torch
 
 from vit_impl import MaskedAutoencoder, config_from_variant
 
 from ..data import DeviceAugment, is_class_range, is_real, load_unlabeled
 from ..measure.flops import forward_flops
-from ..measure.noise import SystemLoad, noise_columns
 from ..measure.phases import phase
-from ..models import build_model, model_family, vit_variant
+from ..models import model_family, vit_variant
 from ..paths import CellContext
 from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError, boolean, fraction, mapping_of, positive_int
-from ..training import (BudgetClock, Cosine, Curve, make_optimizer, recipe_column, recipe_for, run_budget,
-                        save_checkpoint)
+from ..training import Objective, loss_rose, recipe_column, recipe_for, save_checkpoint, train
 from .common import Task, check_model_cell, reject
 
 MAE_DEFAULTS = {"mask_ratio": 0.75, "decoder_depth": 2, "decoder_dim": 128, "decoder_heads": 4, "norm_pix_loss": True}
@@ -56,84 +53,68 @@ def check(spec: CellSpec) -> CellSpec:
     return spec
 
 
+class MaskedReconstruction(Objective):
+    """The MAE's objective: the reconstruction loss of the masked patches (the masks drawn from the training
+    generator); validated by the loss on held-out images with the same masks at every evaluation. No score: the
+    final weights are kept."""
+
+    def __init__(self, mae: MaskedAutoencoder, held_x: torch.Tensor, gen: torch.Generator, dtype: str):
+        self.mae, self.held_x, self.gen, self.dtype = mae, held_x, gen, dtype
+
+    def loss(self, model, x, y):
+        return model(x, generator=self.gen)[0], {}
+
+    @torch.inference_mode()
+    def validate(self, model):
+        model.eval()
+        fixed = torch.Generator(device=self.held_x.device).manual_seed(12345)
+        held_loss = 0.0
+        with autocast(self.held_x.device.type, self.dtype):
+            for chunk in self.held_x.split(500):
+                held_loss += model(chunk, generator=fixed)[0].float().item() * len(chunk) / len(self.held_x)
+        model.train()
+        return {"recon_loss": held_loss}, None
+
+
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     device = spec.device
     torch.manual_seed(spec.seed)
     phase("data")
     data = load_unlabeled(spec.dataset, spec.img_size).to(device)
     phase("setup")
-    gen = torch.Generator(device=device).manual_seed(spec.seed)
+    gen = torch.Generator(device=device).manual_seed(spec.seed)  # the held-out split, then training's draws
     order = torch.randperm(len(data.train.x), device=device, generator=gen)
     n_held = min(1000, max(1, int(HELD_OUT * len(order))))
-    held, train = order[:n_held], order[n_held:]
+    held, train_idx = order[:n_held], order[n_held:]
     if spec.train_size is not None:
-        train = train[: spec.train_size]
+        train_idx = train_idx[: spec.train_size]
     options = {**MAE_DEFAULTS, **(spec.mae or {})}
     mae = MaskedAutoencoder(vit_variant(spec.model), img_size=spec.img_size, in_chans=data.in_chans,
                             attn_backend=spec.attn_backend, **options).to(device)
     recipe = recipe_for(spec, "vit", "mae")
-    batch = min(spec.batch_size, len(train))
-    lr = recipe.lr * batch / 128
-    optimizer = make_optimizer(mae, recipe, lr, device)
     augment = DeviceAugment(data, spec.img_size, pad=recipe.crop_pad, flip=recipe.flip)
     example = torch.zeros(1, data.in_chans, spec.img_size, spec.img_size, device=device)
     train_flops_per_image = 3 * forward_flops(mae, example)  # the encoder sees the visible tokens only
-    clock = BudgetClock(spec.budget, len(train), batch, train_flops_per_image)
-    curve = Curve(clock)
-    held_x = augment.normalise(data.train.x[held])
-    losses: list[torch.Tensor] = []
-
-    def step(idx: torch.Tensor) -> None:
-        x = augment.train(data.train.x[train[idx]], gen)
-        with autocast(device, spec.dtype):
-            loss, _, _ = mae(x, generator=gen)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-
-    @torch.inference_mode()
-    def held_out_loss() -> None:
-        mae.eval()
-        fixed = torch.Generator(device=device).manual_seed(12345)  # the same masks at every evaluation
-        held_loss = 0.0
-        with autocast(device, spec.dtype):
-            for chunk in held_x.split(500):
-                held_loss += mae(chunk, generator=fixed)[0].float().item() * len(chunk) / len(held_x)
-        mae.train()
-        curve.add(optimizer, train_loss=torch.stack(losses).float().mean().item(), recon_loss=held_loss)
-        losses.clear()
-
-    mae.train()
-    with SystemLoad() as load:
-        run_budget(clock, Cosine(clock, recipe.warmup_frac), optimizer, lr, gen, device, step, held_out_loss)
+    objective = MaskedReconstruction(mae, augment.normalise(data.train.x[held]), gen, spec.dtype)
+    result = train(mae, objective, spec, recipe, data, train_idx, train_flops_per_image, augment, gen=gen)
 
     phase("write")
     save_checkpoint({"model": mae.encoder_state_dict(), "mae": mae.state_dict(), "mae_options": options,
                      "spec": spec.to_dict()}, ctx.paths.checkpoint(spec.cell_id))
-    curve.write(ctx.paths.curve(spec.cell_id), spec=spec.to_dict(), mae=options)
+    result.curve.write(ctx.paths.curve(spec.cell_id), spec=spec.to_dict(), mae=options)
     artifact = _reconstruction_figure(mae, spec, data, ctx)
 
-    info = build_model(spec.model, img_size=spec.img_size, in_chans=data.in_chans)[1]
-    maker = RowMaker(spec, ctx, family="vit", impl="native", variant=info.variant, patch=info.patch,
+    clock = result.clock
+    maker = RowMaker(spec, ctx, family="vit", impl="native", variant=vit_variant(spec.model), patch=mae.patch_size,
                      params=sum(p.numel() for p in mae.parameters()), gflops=train_flops_per_image / 3e9,
-                     attn_backend_used=spec.attn_backend, train_size_used=len(train), val_size=n_held,
-                     batch_size_used=batch, artifact=artifact, data_source=data.source,
-                     data_checksum=data.checksum, diverged=_divergence(curve), **clock.columns(),
-                     **noise_columns(load.report),
-                     recipe_used=recipe_column(recipe, "mae", spec.budget, batch, mae=options))
-    last = curve.points[-1]
+                     attn_backend_used=spec.attn_backend, train_size_used=len(train_idx), val_size=n_held,
+                     batch_size_used=clock.batch, artifact=artifact, data_source=data.source,
+                     data_checksum=data.checksum, **clock.columns(), **result.noise,
+                     diverged=loss_rose(result.curve, "recon_loss", "held-out reconstruction loss"),
+                     recipe_used=recipe_column(recipe, "mae", spec.budget, clock.batch, mae=options))
+    last = result.curve.points[-1]
     return [maker.row("recon_loss", last["recon_loss"], n_repeats=1),
             maker.row("train_loss", last["train_loss"], n_repeats=1), *clock.rows(maker)]
-
-
-def _divergence(curve: Curve) -> str:
-    """Why the pretraining is no measurement ('' when it is one): a held-out loss that ended ten times above where
-    it started."""
-    losses = [p["recon_loss"] for p in curve.points]
-    if len(losses) > 1 and losses[-1] > 10 * losses[0]:
-        return f"held-out reconstruction loss rose from {losses[0]:.3g} to {losses[-1]:.3g}"
-    return ""
 
 
 def _reconstruction_figure(mae, spec: CellSpec, data, ctx: CellContext) -> str:
