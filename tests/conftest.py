@@ -206,3 +206,25 @@ def _fewer_report_refits(monkeypatch):
     fits its own: intervals as wide, their ends a little noisier, the test run shorter."""
     for module in ("bench.report.fits", "bench.report.grid"):
         monkeypatch.setattr(f"{module}.RESAMPLES", 150)
+
+
+class FakeClock:
+    """A perf_counter that advances only when a test says so: timing logic tested without sleeping."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> FakeClock:
+    """The timing modules (bench/measure/latency.py, timing.py) read this clock instead of time.perf_counter."""
+    clock = FakeClock()
+    for module in ("bench.measure.latency", "bench.measure.timing"):
+        monkeypatch.setattr(f"{module}.time", clock)
+    return clock

@@ -1,7 +1,6 @@
 """Task attention through the cell function: metrics, error against fp64, no gradient accumulation,
 unavailable backends -> skipped with the reason."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ def attention_spec(backend, shape=(1, 2, 50, 32), dtype="fp32"):
 
 
 @pytest.mark.parametrize("backend", ["math", "sdpa", "triton"])  # triton: under TRITON_INTERPRET=1 here
-def test_attention_cell_metrics(backend):
-    rows = {r["metric"]: r for r in run_cell(attention_spec(backend), CellContext("t", "r", Path("/tmp")))}
+def test_attention_cell_metrics(backend, tmp_path):
+    rows = {r["metric"]: r for r in run_cell(attention_spec(backend), CellContext("t", "r", tmp_path))}
     assert {r["status"] for r in rows.values()} == {"ok"}, rows
     for metric in ("fwd_time", "fwd_bwd_time", "fwd_tflops", "fwd_bwd_tflops", "peak_memory"):
         assert rows[metric]["value"] >= 0 and rows[metric]["unit"]
@@ -30,12 +29,12 @@ def test_attention_cell_metrics(backend):
 
 
 @pytest.mark.parametrize("backend", ["sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex"])
-def test_cuda_only_backends_are_skipped_with_reason_on_cpu(backend):
-    (row,) = run_cell(attention_spec(backend), CellContext("t", "r", Path("/tmp")))
+def test_cuda_only_backends_are_skipped_with_reason_on_cpu(backend, tmp_path):
+    (row,) = run_cell(attention_spec(backend), CellContext("t", "r", tmp_path))
     assert row["status"] == "skipped" and "CUDA" in row["error"]
 
 
-def test_timed_backward_accumulates_no_gradients(monkeypatch):
+def test_timed_backward_accumulates_no_gradients(monkeypatch, tmp_path):
     """Every timed forward+backward must start from the same state: nothing may pile up in q.grad."""
     seen = []
     real = attention_task.time_steps
@@ -54,5 +53,5 @@ def test_timed_backward_accumulates_no_gradients(monkeypatch):
 
     monkeypatch.setattr(attention_task, "time_steps", spy)
     monkeypatch.setattr(torch.autograd, "grad", grad_spy)
-    rows = run_cell(attention_spec("sdpa"), CellContext("t", "r", Path("/tmp")))
+    rows = run_cell(attention_spec("sdpa"), CellContext("t", "r", tmp_path))
     assert {r["status"] for r in rows} == {"ok"} and len(seen) == 2 and grads and all(grads)

@@ -30,17 +30,18 @@ def test_percentiles_of_a_known_sample():
     assert percentiles([3.0] * 7) == {50: 3.0, 90: 3.0, 99: 3.0}
 
 
-def test_every_call_is_timed_alone_and_pairs_alternate():
+def test_every_call_is_timed_alone_and_pairs_alternate(fake_clock):
     calls = []
-    samples = time_calls(lambda: calls.append(time.sleep(0.002)), device="cpu", warmup=3, calls=10)
-    assert len(calls) == 13 and len(samples) == 10 and all(0.0015 < s < 0.1 for s in samples)
+    samples = time_calls(lambda: calls.append(fake_clock.advance(0.002)), device="cpu", warmup=3, calls=10)
+    assert len(calls) == 13 and samples == pytest.approx([0.002] * 10)
     order = []
-    a, b, ratios = time_calls_paired(lambda: order.append("a") or time.sleep(0.001),
-                                     lambda: order.append("b") or time.sleep(0.003), device="cpu", warmup=1, calls=20,
-                                     block=5)
+    a, b, ratios = time_calls_paired(lambda: order.append("a") or fake_clock.advance(0.001),
+                                     lambda: order.append("b") or fake_clock.advance(0.003), device="cpu", warmup=1,
+                                     calls=20, block=5)
     # ABBA, each block after one untimed call of its side
     assert order[2:8] == ["a"] * 6 and order[8:14] == ["b"] * 6 and order[14:20] == ["b"] * 6
-    assert len(a) == len(b) == 20 and len(ratios) == 4 and all(r < 0.8 for r in ratios)
+    assert a == pytest.approx([0.001] * 20) and b == pytest.approx([0.003] * 20)
+    assert ratios == pytest.approx([1 / 3] * 4)
 
 
 def _model(spec: str, backend: str = "sdpa"):

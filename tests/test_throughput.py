@@ -3,7 +3,6 @@ noise flags when another process keeps the machine busy."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,6 @@ from bench.paths import CellContext
 from bench.spec import CellSpec
 from bench.tasks import TASKS
 
-CTX = CellContext("t", "r", Path("/tmp"))
 
 
 def spec(**kw):
@@ -26,8 +24,8 @@ def spec(**kw):
     return TASKS[cell.task].check(cell)
 
 
-def test_paired_cell_gives_both_sides_and_their_ratio():
-    rows = run_cell(spec(compare_to={"model": "timm-vit:Mu/4"}), CTX)
+def test_paired_cell_gives_both_sides_and_their_ratio(tmp_path):
+    rows = run_cell(spec(compare_to={"model": "timm-vit:Mu/4"}), CellContext("t", "r", tmp_path))
     assert {r["status"] for r in rows} == {"ok"}, rows
     thr = {r["model"]: r for r in rows if r["metric"] == "throughput"}
     assert set(thr) == {"vit:Mu/4", "timm-vit:Mu/4"}
@@ -41,22 +39,20 @@ def test_paired_cell_gives_both_sides_and_their_ratio():
     assert samples == pytest.approx([x / y for x, y in zip(a, b)], rel=1e-4)
 
 
-def test_paired_backends_of_one_model():
-    rows = run_cell(spec(task="train", compare_to={"attn_backend": "math"}), CTX)
+def test_paired_backends_of_one_model(tmp_path):
+    rows = run_cell(spec(task="train", compare_to={"attn_backend": "math"}), CellContext("t", "r", tmp_path))
     thr = {r["attn_backend_used"]: r for r in rows if r["metric"] == "throughput"}
     assert set(thr) == {"sdpa", "math"} and any(r["metric"] == "throughput_ratio" for r in rows)
     assert thr["sdpa"]["paired_with"] == "vit:Mu/4 math" and thr["math"]["attn_backend"] == "math"
 
 
-def test_alternation_cancels_drift():
+def test_alternation_cancels_drift(fake_clock):
     """Two identical steps under a machine that slows down steadily: the ratio stays 1 within its interval."""
-    import time
-
     state = {"t": 0.0}
 
     def slowing():
         state["t"] += 0.0005
-        time.sleep(0.002 + state["t"])
+        fake_clock.advance(0.002 + state["t"])
 
     a, b = time_paired(slowing, slowing, device="cpu", warmup=0, repeats=8, iters=1)
     ratio = median_interval([tb / ta for ta, tb in zip(a.seconds, b.seconds)])
@@ -73,13 +69,13 @@ def test_noise_flags():
 
 
 @pytest.mark.slow
-def test_a_busy_machine_is_flagged():
+def test_a_busy_machine_is_flagged(tmp_path):
     hog = subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\nwhile True: pass"],
                            stdout=subprocess.PIPE, text=True)
     try:
         hog.stdout.readline()  # busy before the timing starts
         # a timed region of about a second: /proc/stat counts in 10 ms ticks, a few tiny steps would be noise
-        rows = run_cell(spec(model="resnet20", repeats=4, batch_size=64, iters=5), CTX)
+        rows = run_cell(spec(model="resnet20", repeats=4, batch_size=64, iters=5), CellContext("t", "r", tmp_path))
     finally:
         hog.kill()
     thr = next(r for r in rows if r["metric"] == "throughput")
