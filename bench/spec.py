@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vit_impl.config import ATTN_BACKENDS as VIT_BACKENDS  # our ViT's attention backends
+
 
 class SpecError(ValueError):
     """A value that an axis does not accept; the message says what is allowed."""
@@ -144,7 +146,6 @@ def _study(value: Any) -> tuple[str, ...]:
 
 DTYPES = ("fp32", "fp16", "bf16")
 ENGINES = ("eager", "compile", "onnxruntime")
-VIT_BACKENDS = ("math", "sdpa", "triton")
 ATTENTION_BACKENDS = ("triton", "math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
 DEVICES = ("cpu", "cuda")
 
