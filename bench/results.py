@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import pandas as pd
 
@@ -213,14 +213,18 @@ class RowMaker:
 # ------------------------------------------------------------------------------------------ files
 
 
-def write_atomic(path: Path, data: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target (atomic on POSIX)."""
+def write_atomic(path: Path, data: str | Callable[[IO[bytes]], None]) -> None:
+    """Write text (UTF-8, whatever the locale) or whatever `data(file)` writes to a temp file in the same folder,
+    fsync, then rename over the target (atomic on POSIX); the temp file never outlives a failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,5 +1,5 @@
 """Data (search order, missing data, subsets, validation split, augmentation) and the accuracy tasks (budgets,
-validation-based selection, early stopping, the test split read once, train FLOPs, fine-tuning)."""
+validation-based selection, the test split read once, train FLOPs, fine-tuning)."""
 
 import gzip
 import json
@@ -204,65 +204,10 @@ def test_seconds_budget_is_honoured_within_a_few_percent(tmp_path):
     assert rows["accuracy"]["protocol"] == "compute-equal"
 
 
-def _scripted_training(monkeypatch, scripted: list[float], budget: Budget) -> tuple[training.TrainResult, list]:
-    """train_classifier on 200 random images with the validation accuracies scripted; (result, the weights and
-    learning rate at each evaluation)."""
-    from bench.data import Split, TrainData
-
-    torch.manual_seed(0)
-    x = torch.randint(0, 255, (256, 1, 28, 28), dtype=torch.uint8)
-    data = TrainData("t", Split(x, torch.arange(256) % 10), tuple("abcdefghij"), (0.5,), (0.5,), True)
-    model = build_model("resnet20", img_size=28, in_chans=1, num_classes=10)[0]
-    accuracies, snapshots = iter(scripted), []
-
-    def fake_evaluate(model, *args, **kwargs):
-        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
-        return next(accuracies), 1.0
-
-    monkeypatch.setattr(training, "evaluate", fake_evaluate)
-    spec = accuracy_spec(budget=budget, batch_size=32)
-    idx = torch.arange(256)
-    result = training.train_classifier(model, spec, training.RECIPES[("cnn", "scratch")], data, idx[:200], idx[200:],
-                                       1.0)
-    return result, snapshots
-
-
-def test_a_plateau_stops_training_and_restores_the_best_checkpoint(monkeypatch):
-    """Scripted validation accuracies: the best is the 2nd evaluation; patience 2 without learning-rate drops
-    stops after the 4th, converged."""
-    budget = Budget(epochs=100.0, patience=2, lr_drops=0, eval_images=192)
-    result, snapshots = _scripted_training(monkeypatch, [0.5, 0.9, 0.6, 0.55, 0.5, 0.4], budget)
-    assert len(snapshots) == 4 and result.stopped_early and result.converged and result.best_val == 0.9
-    for key, value in result.model.state_dict().items():
-        torch.testing.assert_close(value, snapshots[1][key], msg=key)
-    assert not torch.equal(snapshots[1]["fc.weight"], snapshots[3]["fc.weight"])
-    assert result.best_step == result.curve.points[1]["step"]
-
-
-def test_a_plateau_drops_the_learning_rate_before_it_stops(monkeypatch):
-    budget = Budget(epochs=100.0, patience=2, lr_drops=1, eval_images=192)
-    result, _ = _scripted_training(monkeypatch, [0.5, 0.6, 0.6, 0.6, 0.7, 0.7, 0.7, 0.7], budget)
-    lrs = [p["lr"] for p in result.curve.points]
-    assert len(lrs) == 7 and result.converged  # drop after the 4th, a gain at the 5th, stop after the 7th
-    assert lrs[4] == pytest.approx(lrs[2] / 10) and lrs[6] == pytest.approx(lrs[4])
-
-
-def test_a_gain_of_one_validation_image_is_no_progress(monkeypatch):
-    budget = Budget(epochs=100.0, patience=2, lr_drops=0, eval_images=192)
-    result, snapshots = _scripted_training(monkeypatch, [0.5, 0.501, 0.502, 0.6], budget)
-    assert len(snapshots) == 3 and result.converged
-
-
-def test_a_still_rising_curve_at_its_cap_is_not_converged(monkeypatch):
-    budget = Budget(epochs=6.0, patience=2, eval_images=192)  # 6 epochs of 6 steps: evaluations at 6, 12, ... 36
-    result, snapshots = _scripted_training(monkeypatch, [0.1 * i for i in range(1, 9)], budget)
-    assert len(snapshots) == 6 and not result.converged and not result.stopped_early
-
-
 @needs_fmnist
 def test_the_test_split_is_read_once_after_training(tmp_path, monkeypatch):
     events = []
-    real_train, real_load_test = supervised.train_classifier, training.load_test
+    real_train, real_load_test = supervised.train_classifier, training.loop.load_test
 
     def train(*args, **kwargs):
         events.append("train start")
@@ -275,7 +220,7 @@ def test_the_test_split_is_read_once_after_training(tmp_path, monkeypatch):
         return real_load_test(*args, **kwargs)
 
     monkeypatch.setattr(supervised, "train_classifier", train)
-    monkeypatch.setattr(training, "load_test", test_split)
+    monkeypatch.setattr(training.loop, "load_test", test_split)
     rows = run_cell(accuracy_spec(train_size=256, budget=Budget(epochs=1.0, evals=1)), ctx_for(tmp_path))
     assert {r["status"] for r in rows} == {"ok"} and events == ["train start", "train end", "test loaded"]
 

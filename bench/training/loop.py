@@ -8,7 +8,6 @@ import copy
 import errno
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,17 +91,13 @@ def evaluate(model, x_uint8: torch.Tensor, y: torch.Tensor, augment: DeviceAugme
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """torch.save, atomically (a temp file renamed over the target). torch reports a write that fails on a full
-    device as a RuntimeError without an errno: that is raised as OSError(ENOSPC), so that the cell stops the run
-    instead of recording an error row (bench/cell.py)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """torch.save, atomically (bench/results.py: write_atomic). torch reports a write that fails on a full device
+    as a RuntimeError without an errno: that is raised as OSError(ENOSPC), so that the cell stops the run instead
+    of recording an error row (bench/cell.py)."""
     try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda file: torch.save(state, file))
     except (RuntimeError, OSError) as err:
-        full = shutil.disk_usage(path.parent).free < (64 << 20)  # before the partial file is removed
-        tmp.unlink(missing_ok=True)
+        full = shutil.disk_usage(path.parent).free < (64 << 20)
         if full and not (isinstance(err, OSError) and err.errno not in (None, errno.ENOSPC)):
             raise OSError(errno.ENOSPC, f"no space left on the device writing {path}") from err
         raise
