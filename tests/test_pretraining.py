@@ -2,12 +2,14 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from bench import data as data_mod
 from bench.cell import run_cell
 from bench.paths import CellContext
+from bench.report.artifacts import DRAWERS
 from bench.spec import Budget, CellSpec, SpecError
 from bench.tasks import TASKS
 from tests.conftest import needs_fmnist
@@ -61,7 +63,10 @@ def test_mae_pretrains_without_labels_then_fine_tunes_and_probes(tmp_path, monke
     assert {r["status"] for r in rows.values()} == {"ok"}, rows
     assert rows["recon_loss"]["value"] > 0 and rows["train_flops"]["value"] > 0
     assert rows["recon_loss"]["train_size_used"] == 640 and rows["recon_loss"]["val_size"] == 1000
-    assert (tmp_path / rows["recon_loss"]["artifact"]).read_bytes()[:4] == b"\x89PNG"
+    saved = torch.load(tmp_path / rows["recon_loss"]["artifact"], weights_only=True)  # the report draws it
+    assert saved["images"].shape == saved["reconstruction"].shape == saved["masked"].shape
+    figure = DRAWERS["recon_loss"][1](saved, pd.Series({"model": "vit:Mu/7", "dataset": "fashion-mnist"}))
+    assert "75% of patches masked" in figure._suptitle.get_text()
     path = ctx.paths.checkpoint(mae_spec.cell_id)
     encoder = torch.load(path, weights_only=True)["model"]
     # MAE's encoder sees a quarter of the patches: with its light decoder it costs well under a full ViT
@@ -89,3 +94,19 @@ def test_a_probe_trains_its_head_only_and_keeps_the_encoder_in_eval_mode():
     trainable = {name for name, p in probe.named_parameters() if p.requires_grad}
     assert trainable == {"head.1.weight", "head.1.bias"} and not probe.encoder.training and probe.head.training
     assert probe(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+
+
+@needs_fmnist
+def test_rollout_saves_maps_of_a_pretrained_vit_that_the_report_draws(tmp_path):
+    ctx = CellContext("transfer", "r", tmp_path)
+    settings = dict(model="vit:Mu/7", dataset="fashion-mnist:0-4", img_size=28, seed=0)
+    pretrain = TASKS["pretrain"].check(CellSpec(task="pretrain", train_size=256, batch_size=64,
+                                                budget=Budget(epochs=1.0, evals=1), **settings))
+    assert {r["status"] for r in run_cell(pretrain, ctx)} == {"ok"}
+    rollout = TASKS["rollout"].check(CellSpec(task="rollout", init_cell=pretrain.cell_id, **settings))
+    (row,) = run_cell(rollout, ctx)
+    assert row["status"] == "ok" and row["artifact"].endswith("attention_rollout.pt"), row
+    saved = torch.load(tmp_path / row["artifact"], weights_only=True)
+    assert saved["rollout"].shape == (6, 4, 4) and saved["images"].shape == (6, 1, 28, 28)
+    figure = DRAWERS["checkpoint_accuracy"][1](saved, pd.Series(row))
+    assert "Attention rollout of vit:Mu/7" in figure._suptitle.get_text()

@@ -12,6 +12,7 @@ from ..env import ENVIRONMENT_KEYS
 from ..measure.phases import PHASES
 from ..results import setting_columns
 from . import figures, grid_figures
+from .artifacts import artifacts
 from .answer import answer
 from .data import Runs, flagged, load
 from .style import Skip
@@ -21,7 +22,7 @@ SECTIONS = [  # (title, figure function)
     ("Model size x data size", grid_figures.model_data_grid),
     ("Transfer and self-supervised pretraining", figures.transfer),
     ("MAE gain over training from scratch", figures.mae_gain),
-    ("MAE reconstructions", lambda runs: figures.artifacts(runs, "recon_loss", "MAE reconstruction")),
+    ("MAE reconstructions", lambda runs: artifacts(runs, "recon_loss")),
     ("Learning-curve back-test", figures.backtest_figure),
     ("Accuracy against training compute", figures.accuracy_vs_compute),
     ("Training curves", figures.training_curves),
@@ -33,7 +34,7 @@ SECTIONS = [  # (title, figure function)
     ("Paired comparisons", figures.paired_table),
     ("Accuracy against speed", figures.pareto),
     ("Attention kernels", figures.attention_kernels),
-    ("Attention maps", lambda runs: figures.artifacts(runs, "checkpoint_accuracy", "attention rollout")),
+    ("Attention maps", lambda runs: artifacts(runs, "checkpoint_accuracy")),
 ]
 
 

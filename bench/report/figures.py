@@ -4,9 +4,6 @@ budget protocols (one figure per protocol) and mark points that did not converge
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -305,21 +302,6 @@ def training_curves(runs: Runs) -> str:
         fig.suptitle("MAE pretraining: training and held-out reconstruction loss")
         parts.append(save(fig, runs.out, "curves_mae.png", "Held-out loss: the same masks on 2% of the unlabeled "
                                                            "images, never trained on."))
-    return "\n\n".join(parts)
-
-
-def artifacts(runs: Runs, metric: str, what: str) -> str:
-    """Figures that tasks drew into their run dirs (rollout, MAE reconstructions), copied beside the report."""
-    cells = ok_metric(runs.rows, metric).dropna(subset=["artifact"]).drop_duplicates("cell_id")
-    if cells.empty:
-        raise Skip(f"no {what} in these runs")
-    parts = []
-    for _, r in cells.iterrows():
-        source = Path(r["run_dir"]) / r["artifact"]
-        name = f"{what.replace(' ', '_')}_{r['cell_id']}.png"
-        shutil.copyfile(source, runs.out / name)
-        parts.append(f"![{what}]({name})\n\n_{what.capitalize()} of {r['model']} on {r['dataset']} "
-                     f"(cell {r['cell_id']})._")
     return "\n\n".join(parts)
 
 

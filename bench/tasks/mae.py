@@ -5,8 +5,8 @@ Labels never reach this task: it loads images with `load_unlabeled`, whose split
 even open Fashion-MNIST's label file). A held-out 2% of the images (at most 1,000) measures the reconstruction
 loss on patches the model never trained on, `evals` times over the budget (the same masks each time). The final
 weights are kept (no selection): checkpoints/<cell_id>.pt holds the encoder (timm names; `init: mae:<dataset>`
-fine-tunes or probes it) and the whole MAE. artifacts/<cell_id>/ gets a reconstruction figure of test images
-(original, masked input, reconstruction) and its data.
+fine-tunes or probes it) and the whole MAE. artifacts/<cell_id>/ gets the reconstructions of a few test images
+(original, masked input, reconstruction), which the report draws.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     save_checkpoint({"model": mae.encoder_state_dict(), "mae": mae.state_dict(), "mae_options": options,
                      "spec": spec.to_dict()}, ctx.paths.checkpoint(spec.cell_id))
     result.curve.write(ctx.paths.curve(spec.cell_id), spec=spec.to_dict(), mae=options)
-    artifact = _reconstruction_figure(mae, spec, data, ctx)
+    artifact = _reconstructions(mae, spec, data, ctx)
 
     clock = result.clock
     maker = RowMaker(spec, ctx, family="vit", impl="native", variant=vit_variant(spec.model), patch=mae.patch_size,
@@ -117,33 +117,18 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
             maker.row("train_loss", last["train_loss"], n_repeats=1), *clock.rows(maker)]
 
 
-def _reconstruction_figure(mae, spec: CellSpec, data, ctx: CellContext) -> str:
-    """Original, masked input and reconstruction of a few test images (shown, never used for any choice)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _reconstructions(mae, spec: CellSpec, data, ctx: CellContext) -> str:
+    """Original, masked input and reconstruction of a few test images (shown, never used for any choice), saved
+    for the report to draw (bench/report/artifacts.py)."""
     test = load_unlabeled(spec.dataset, spec.img_size, split="test").train.x
     picks = torch.randperm(len(test), generator=torch.Generator().manual_seed(spec.seed))[:N_FIGURE]
     x = DeviceAugment(data, spec.img_size).normalise(test[picks])
     mae.eval()
     masked, recon = mae.reconstruct(x, generator=torch.Generator(device=x.device).manual_seed(spec.seed))
-    data_path, figure_path = (ctx.paths.artifact(spec.cell_id, f"mae_reconstruction.{ext}") for ext in ("pt", "png"))
+    path = ctx.paths.artifact(spec.cell_id, "mae_reconstruction.pt")
     save_checkpoint({"images": x.cpu(), "masked": masked.cpu(), "reconstruction": recon.cpu(),
-                     "mask_ratio": mae.mask_ratio}, data_path)
-    fig, axes = plt.subplots(3, N_FIGURE, figsize=(1.6 * N_FIGURE, 5.2))
-    for col in range(N_FIGURE):
-        for row, (title, images) in enumerate((("original", x), ("masked input", masked), ("reconstruction", recon))):
-            axes[row, col].imshow(images[col].float().mean(0).cpu().numpy(), cmap="gray")
-            axes[row, col].axis("off")
-            if col == 0:
-                axes[row, col].set_title(title, fontsize=9, loc="left")
-    fig.suptitle(f"MAE reconstruction of test images: {spec.model} pretrained on unlabeled {spec.dataset} "
-                 f"({mae.mask_ratio:.0%} of patches masked)")
-    fig.savefig(figure_path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return ctx.paths.relative(figure_path)
+                     "mask_ratio": mae.mask_ratio}, path)
+    return ctx.paths.relative(path)
 
 
 TASKS = (Task("pretrain_mae", "accuracy", 0, check, run,

@@ -1,6 +1,7 @@
 """Task `rollout`: attention rollout (Abnar & Zuidema 2020) of a native ViT trained by a pretrain cell of this
-run (same model, dataset, image size and seed), on six test images. Writes the figure and its data into
-artifacts/<cell_id>/, so the report only copies files and never loads a model."""
+run (same model, dataset, image size and seed), on six test images. Writes the images, labels, predictions
+and rollout maps into artifacts/<cell_id>/; the report draws them (bench/report/artifacts.py) and never loads a
+model."""
 
 from __future__ import annotations
 
@@ -29,11 +30,6 @@ def check(spec: CellSpec) -> CellSpec:
 
 
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from vit_impl import attention_rollout
 
     path = ctx.paths.checkpoint(spec.init_cell) if spec.init_cell else None
@@ -58,28 +54,14 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         predictions = model(x).argmax(-1)
     phase("write")
 
-    data_path, figure_path = (ctx.paths.artifact(spec.cell_id, f"attention_rollout.{ext}") for ext in ("pt", "png"))
+    data_path = ctx.paths.artifact(spec.cell_id, "attention_rollout.pt")  # the report draws it (report/artifacts.py)
     save_checkpoint({"images": images, "labels": labels, "predictions": predictions, "rollout": rollout,
                      "classes": list(data.classes)}, data_path)
-    fig, axes = plt.subplots(2, N_IMAGES, figsize=(13, 4.8))
-    for i in range(N_IMAGES):
-        image = images[i].float().mean(0).numpy()
-        heat = torch.nn.functional.interpolate(rollout[i][None, None], size=image.shape, mode="bilinear")[0, 0]
-        axes[0, i].imshow(image, cmap="gray")
-        axes[0, i].set_title(f"true: {data.classes[labels[i]]}\npred: {data.classes[predictions[i]]}", fontsize=8)
-        axes[1, i].imshow(image, cmap="gray")
-        axes[1, i].imshow(heat.numpy(), cmap="inferno", alpha=0.6)
-    for ax in axes.flat:
-        ax.axis("off")
     accuracy = checkpoint.get("accuracy")
-    fig.suptitle(f"Attention rollout of {spec.model} trained on {spec.dataset} (test accuracy "
-                 f"{accuracy * 100:.1f}%; bright = where the class token attends)")
-    fig.savefig(figure_path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     maker = RowMaker(spec, ctx, family=info.family, impl=info.impl, variant=info.variant, patch=info.patch,
                      params=info.params, attn_backend_used=info.attn_backend, data_source=data.source,
                      data_checksum=data.checksum,
-                     artifact=ctx.paths.relative(figure_path))
+                     artifact=ctx.paths.relative(data_path))
     return [maker.row("checkpoint_accuracy", accuracy, n_repeats=1)]
 
 
