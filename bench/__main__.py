@@ -211,6 +211,16 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _unencodable(args) -> str | None:
+    """An argument the locale could not decode (Python keeps its bytes as lone surrogates, which no file or record
+    can hold as text): a non-ASCII path under an ASCII locale."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and any("\udc80" <= ch <= "\udcff" for ch in text):
+                return name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")  # any path prints, whatever the locale
@@ -218,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except UsageError as err:  # before any heavy import: a mistyped command answers at once
         return _fail(str(err), 2)
+    name = _unencodable(args)
+    if name:
+        label = f"--{name.replace('_', '-')}" if name in ("run_dir", "out") else name
+        return _fail(f"{label} {ascii(getattr(args, name))}: has characters the current locale "
+                     f"({sys.getfilesystemencoding()}) cannot represent; use an ASCII name or a UTF-8 locale (e.g. "
+                     "LC_ALL=C.UTF-8)", 2)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

@@ -310,6 +310,19 @@ def test_no_traceback_in_another_locale(tmp_path):
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr and b"unknown model spec 'nope'" in proc.stderr
 
 
+def test_a_run_dir_the_locale_cannot_encode_is_refused_up_front(tmp_path):
+    """Under an ASCII locale (UTF-8 mode off) a non-ASCII run dir reaches Python as lone surrogates, which no
+    record can hold: one line, exit 2, nothing created (it used to end in an internal UnicodeEncodeError after
+    the first cells ran)."""
+    run_dir = tmp_path / "résultats"
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "suites/smoke.yaml", "--device", "cpu",
+                           "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True,
+                          env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"})
+    err = proc.stderr.decode("ascii", "replace")
+    assert proc.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--run-dir" in err and "LC_ALL=C.UTF-8" in err and not run_dir.exists()
+
+
 def test_the_warm_parent_touches_no_cuda_and_starts_no_threads():
     """What the warm parent preloads starts no thread pool and no CUDA context (a fork would inherit neither
     safely): compared with a process that imported torch alone."""
