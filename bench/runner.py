@@ -70,25 +70,53 @@ def default_run_dir(suite: Suite) -> Path:
     return Path("results") / suite.name / time.strftime("%Y%m%d-%H%M%S")
 
 
-class ProgressLog:
-    """One line per started cell: [i/n] label (placement, elapsed, ETA, running per place)."""
+def cell_kind(cell) -> str:
+    """What a cell costs like: its task, and how its model runs (a compiled or exported engine costs more)."""
+    how = "compile" if cell.compile else cell.engine
+    return cell.task if how in (None, "eager") else f"{cell.task}/{how}"
 
-    def __init__(self, total: int, log):
-        self.total, self.log = total, log
-        self.started_at = time.monotonic()
+
+class ProgressLog:
+    """One line per started cell: [i/n] label (placement, elapsed, ETA, running per place). The ETA sums, over
+    the cells still to finish, the mean time of finished cells of the same kind (cell_kind), over the slots that
+    run at once; a kind with no finished cell yet is costed at the mean of all finished cells, and the ETA says it
+    is a guess."""
+
+    def __init__(self, cells, log, slots: int = 1, clock=time.monotonic):
+        self.total, self.log, self.slots, self.clock = len(cells), log, max(1, slots), clock
+        self.started_at = clock()
         self.started = self.finished = 0
         self.running: Counter = Counter()
+        self.left = Counter(cell_kind(c) for c in cells)  # not finished yet, by kind
+        self.began: dict[str, float] = {}
+        self.took: dict[str, list[float]] = {}
 
-    def start(self, label: str, placement: str) -> None:
+    def eta(self) -> str:
+        if not self.took:
+            return "ETA ?"
+        every = [t for times in self.took.values() for t in times]
+        overall = sum(every) / len(every)
+        unseen = sorted(kind for kind, n in self.left.items() if n and kind not in self.took)
+        seconds = sum(n * (sum(self.took[k]) / len(self.took[k]) if k in self.took else overall)
+                      for k, n in self.left.items()) / self.slots
+        guess = f" (a guess: no {', '.join(unseen)} cell finished yet)" if unseen else ""
+        return f"ETA {seconds:.0f}s{guess}"
+
+    def start(self, cell, placement: str) -> None:
         self.started += 1
+        self.began[cell.cell_id] = self.clock()
         self.running[placement.rsplit(":", 1)[0]] += 1
-        elapsed = time.monotonic() - self.started_at
-        eta = f"ETA {elapsed / self.finished * (self.total - self.finished):.0f}s" if self.finished else "ETA ?"
+        elapsed = self.clock() - self.started_at
         where = ", ".join(f"{place}: {n}" for place, n in self.running.items() if n)
-        self.log(f"[{self.started}/{self.total}] {label}  ({elapsed:.0f}s elapsed, {eta}; running {where})")
+        self.log(f"[{self.started}/{self.total}] {cell.label()}  ({elapsed:.0f}s elapsed, {self.eta()}; running "
+                 f"{where})")
 
-    def done(self, placement: str | None) -> None:
+    def done(self, cell, placement: str | None) -> None:
         self.finished += 1
+        kind = cell_kind(cell)
+        self.left[kind] -= 1
+        if cell.cell_id in self.began:
+            self.took.setdefault(kind, []).append(self.clock() - self.began.pop(cell.cell_id))
         if placement is not None:  # a cell lost before it started has no place
             self.running[placement.rsplit(":", 1)[0]] -= 1
 
@@ -121,7 +149,7 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
         log(f"suite {suite.name}: {len(suite.cells)} cells on {suite.device}, {len(suite.cells) - len(todo)} already "
             f"done in {run_dir}")
         ctx = CellContext(suite.name, rundir.path.name, rundir.path.resolve(), suite.concurrency)
-        progress = ProgressLog(len(todo), log)
+        progress = ProgressLog(todo, log, suite.concurrency)
         lock = threading.Lock()
         failed = 0
         placements: dict[str, str] = {}
@@ -129,14 +157,14 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
         def on_start(cell, placement: str) -> None:
             with lock:
                 placements[cell.cell_id] = placement
-                progress.start(cell.label(), placement)
+                progress.start(cell, placement)
 
         def on_done(cell, rows: list[dict]) -> None:
             nonlocal failed
             rows = [{**row, "method_version": TASKS[cell.task].method_version} for row in rows]
             with lock:
                 rundir.record(cell, rows)
-                progress.done(placements.pop(cell.cell_id, None))
+                progress.done(cell, placements.pop(cell.cell_id, None))
                 bad = [r for r in rows if r["status"] not in ("ok", "skipped")]
                 failed += bool(bad)
                 if bad:

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 from bench.results import COLUMNS, SCHEMA_VERSION
+from bench.runner import ProgressLog
+from bench.spec import CellSpec
 from tests.conftest import ONE_CELL, ROOT, SMOKE, bench, cell_processes, suite_file, wait_for
 
 # a cell that runs for minutes unless stopped (the tests kill it)
@@ -226,7 +228,7 @@ def test_untrusted_checkpoints_never_run_code(tmp_path, smoke_run):
 
     from bench.models import build_model
     from bench.paths import CellContext
-    from bench.spec import Budget, CellSpec
+    from bench.spec import Budget
     from bench.tasks.supervised import load_init
 
     marker = tmp_path / "marker"
@@ -270,3 +272,19 @@ def test_bad_arguments_exit_2():
     assert bench("run", SMOKE, "--gpus", "a,b").returncode == 2
     proc = bench("run", "suites/none.yaml")
     assert proc.returncode == 2 and "cannot read suite file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_eta_costs_each_kind_by_its_own_cells_and_says_when_it_guesses():
+    """Three 1-second infer cells, then two latency cells on the compile engine that take 10 s each: the ETA is
+    a guess until a latency cell has finished, then it costs them at their own 10 s."""
+    now, lines = [0.0], []
+    infer = [CellSpec(model="resnet9", task="infer", batch_size=b) for b in (1, 2, 3)]
+    latency = [CellSpec(model="resnet9", task="latency", engine="compile", batch_size=b) for b in (1, 2)]
+    progress = ProgressLog(infer + latency, lines.append, slots=1, clock=lambda: now[0])
+    for cell, seconds in zip(infer + latency, (1, 1, 1, 10, 10)):
+        progress.start(cell, "local:vm:0")
+        now[0] += seconds
+        progress.done(cell, "local:vm:0")
+    assert "ETA ?" in lines[0]
+    assert "ETA 4s (a guess: no latency/compile cell finished yet)" in lines[1]  # 2 x 1 s + 2 x the 1 s mean
+    assert "ETA 2s (a guess" in lines[3] and "ETA 10s;" in lines[4]  # the last latency cell costs its own 10 s
