@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 
 from .env import apply_matmul_policy, code_version
-from .lifetime import die_with_parent, leave_warm_parent, watch_parent
+from .lifetime import leave_warm_parent, take_group_along
 from .measure.phases import PHASES, STOPWATCH
 from .paths import CellContext
 from .results import RowMaker, write_atomic
@@ -58,7 +58,7 @@ def _failure(spec: CellSpec, ctx: CellContext, err: Exception) -> list[dict]:
 
 def run_job(job_path: Path, rows_path: Path) -> int:
     """The cell of a job file, its rows to rows_path; the process's exit code."""
-    watch_parent()
+    take_group_along()
     code_version()  # the version of the code this process imports, read now (rows are made at the end)
     apply_matmul_policy()
     job = json.loads(job_path.read_text())
@@ -77,8 +77,7 @@ def run_job(job_path: Path, rows_path: Path) -> int:
 def child_main(job: str, rows: str, log: str, env: dict[str, str]) -> None:
     """A cell forked from the warm parent: its own session and process group, dead with its parent, its output in
     its log, its environment (CUDA_VISIBLE_DEVICES, caches) set before anything touches CUDA or Triton."""
-    os.setsid()
-    die_with_parent()
+    os.setsid()  # run_job then ties the group's life to this process's parent
     leave_warm_parent()
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(out, 1)

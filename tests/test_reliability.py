@@ -97,6 +97,31 @@ def test_sigterm_takes_the_data_parallel_ranks_along(tmp_path):
     wait_for(lambda: not cell_processes(run_dir), timeout=10, what="every process of the cell to die")
 
 
+@needs_fmnist
+@pytest.mark.slow
+def test_a_runner_killed_while_ranks_start_takes_them_along(tmp_path):
+    """SIGKILL as soon as the first rank exists (still importing torch, before any line of its own): the cell's
+    whole process group goes with it, the ranks and multiprocessing's resource tracker included."""
+    suite = suite_file(tmp_path, """
+        grid:
+          model: ["vit:Mu/7"]
+          task: [train_eval]
+          dataset: [fashion-mnist]
+          img_size: [28]
+          nproc: [2]
+          budget: [{epochs: 50}]
+    """)
+    run_dir = tmp_path / "run"
+    proc = runner(suite, run_dir)
+    try:
+        wait_for(lambda: len(cell_processes(run_dir)) >= 2, timeout=180, what="the cell and a starting rank")
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: not cell_processes(run_dir), timeout=10, what="every process of the cell to die")
+    finally:
+        proc.kill()
+
+
 def test_an_unreachable_ray_cluster_is_one_line_before_the_run_dir(tmp_path):
     pytest.importorskip("ray")
     started = time.monotonic()

@@ -6,8 +6,9 @@ Start (`start`):
          import. Nothing in that parent touches threads, CUDA or Triton (importing them starts none): CUDA is
          initialised in the cell only.
   fresh  a new interpreter per cell (`python -m bench.cell`): the slow reference (tools/cell_overhead.py).
-Either way the cell is in its own process group, dies with its parent (PR_SET_PDEATHSIG; the warm parent exits
-when the runner does, so a runner killed with SIGKILL takes its cells along), and writes its output to
+Either way the cell is in its own process group, which dies whole with the cell's parent (bench/lifetime.py:
+take_group_along; the warm parent exits when the runner does, so a runner killed with SIGKILL takes its cells
+and everything they started along, data-parallel ranks included from their first instruction), and writes its output to
 logs/<cell_id>.log. A timeout, or the runner stopping (Ctrl-C, SIGTERM), kills the cell's whole process group,
 data-parallel ranks included.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from .. import cell as cell_entry
 from ..cell import EXIT_NO_SPACE
-from ..lifetime import die_with_parent
+from ..lifetime import GROUP_SIGNAL, die_with_parent
 from ..paths import CellContext
 from ..results import RowMaker, check_rows, write_atomic
 from ..spec import CellSpec
@@ -131,7 +132,8 @@ class _Process:
             with open(log, "w") as out:
                 self._proc = subprocess.Popen([sys.executable, "-m", "bench.cell", str(job), str(rows)], stdout=out,
                                               stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=REPO_ROOT,
-                                              start_new_session=True, preexec_fn=die_with_parent)
+                                              start_new_session=True,
+                                              preexec_fn=lambda: die_with_parent(GROUP_SIGNAL))
             self.pid = self._proc.pid
 
     def wait(self, timeout: float) -> int | None:
