@@ -105,11 +105,17 @@ def signal_status(sig: int, oom_before: int | None) -> tuple[str, str]:
 
 _WARM = None
 _WARM_LOCK = threading.Lock()
+LAUNCH_TIMEOUT_S = 120.0  # the first launch starts the warm parent, which imports torch, timm and every task
+_FALLBACK = threading.Event()  # set once the warm parent failed twice: the run's later cells start fresh
+
+
+class WarmParentLost(RuntimeError):
+    """The warm parent died, or did not answer within LAUNCH_TIMEOUT_S, while launching a cell."""
 
 
 def warm_parent() -> multiprocessing.context.BaseContext:
-    """The forkserver context whose server has imported PRELOAD (started once per runner process, at the first
-    cell; it exits with the runner)."""
+    """The forkserver context whose server has imported PRELOAD (started at the first cell, and again after it
+    was lost; it exits with the runner)."""
     global _WARM
     with _WARM_LOCK:
         if _WARM is None:
@@ -119,22 +125,84 @@ def warm_parent() -> multiprocessing.context.BaseContext:
         return _WARM
 
 
+def replace_warm_parent() -> None:
+    """Kill the warm parent (dead, stuck or stopped) and forget it: the next launch starts a new one."""
+    server = multiprocessing.forkserver._forkserver
+    with server._lock:
+        if server._forkserver_pid is not None:
+            try:
+                os.kill(server._forkserver_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            server._stop_unlocked()
+
+
+def warm_parent_alive() -> bool:
+    """Whether the warm parent runs (read from /proc: reaping it here would hide its death from multiprocessing,
+    which starts a new one when it finds the old one gone)."""
+    pid = multiprocessing.forkserver._forkserver._forkserver_pid
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return pid is not None and state not in ("Z", "X")
+
+
+def _start_bounded(process) -> None:
+    """process.start() through the warm parent, within LAUNCH_TIMEOUT_S; WarmParentLost when it fails or hangs
+    (a stopped parent never answers; the thread left waiting ends when the parent is killed)."""
+    failure: list[BaseException] = []
+    launched = threading.Event()
+
+    def start():
+        try:
+            process.start()
+        except BaseException as err:  # noqa: BLE001 - handed to the launching thread
+            failure.append(err)
+        finally:
+            launched.set()
+
+    threading.Thread(target=start, name="vitbench-launch", daemon=True).start()
+    if not launched.wait(LAUNCH_TIMEOUT_S):
+        raise WarmParentLost(f"no answer within {LAUNCH_TIMEOUT_S:.0f} s")
+    if failure:
+        raise WarmParentLost(f"{type(failure[0]).__name__}: {failure[0]}")
+
+
+def start_warm(target, args: tuple, name: str):
+    """A started warm cell process; a lost or stuck warm parent is replaced once, then the run falls back to
+    fresh cells (said once, on stderr); None when it has."""
+    for attempt in (1, 2):
+        process = warm_parent().Process(target=target, args=args, name=name)
+        try:
+            _start_bounded(process)
+            return process
+        except WarmParentLost as why:
+            replace_warm_parent()
+            if attempt == 2:
+                _FALLBACK.set()
+                print(f"note: the warm parent was lost twice while launching a cell ({why}); the rest of this run "
+                      "starts each cell fresh (a slower start, the same measurement)", file=sys.stderr)
+    return None
+
+
 class _Process:
     """A started cell process, warm or fresh, seen through one interface."""
 
     def __init__(self, start: str, job: Path, rows: Path, log: Path, env: dict[str, str]):
-        if start == "warm":
-            self._proc = warm_parent().Process(target=cell_entry.child_main, args=(str(job), str(rows), str(log), env),
-                                               name=f"vitbench-cell-{job.name}")
-            self._proc.start()
-            self.pid = self._proc.pid
+        self.warm = None
+        if start == "warm" and not _FALLBACK.is_set():
+            self.warm = start_warm(cell_entry.child_main, (str(job), str(rows), str(log), env),
+                                   f"vitbench-cell-{job.name}")
+        if self.warm is not None:
+            self._proc = self.warm
         else:
             with open(log, "w") as out:
                 self._proc = subprocess.Popen([sys.executable, "-m", "bench.cell", str(job), str(rows)], stdout=out,
                                               stderr=subprocess.STDOUT, env={**os.environ, **env}, cwd=REPO_ROOT,
                                               start_new_session=True,
                                               preexec_fn=lambda: die_with_parent(GROUP_SIGNAL))
-            self.pid = self._proc.pid
+        self.pid = self._proc.pid
 
     def wait(self, timeout: float) -> int | None:
         """The exit code (negative: the signal), None on timeout."""
@@ -145,6 +213,11 @@ class _Process:
                 return None
         self._proc.join(timeout)
         return self._proc.exitcode
+
+    @property
+    def lost_with_warm_parent(self) -> bool:
+        """A warm cell whose parent is gone: multiprocessing reads its end as exit code 255."""
+        return self.warm is not None and self._proc.exitcode == 255 and not warm_parent_alive()
 
     def reap(self) -> None:
         if isinstance(self._proc, subprocess.Popen):
@@ -194,6 +267,9 @@ def run_cell_process(cell: CellSpec, ctx: CellContext, timeout_s: int, env_extra
         finally:
             rows_path.unlink()
         return [{**row, "cell_wall_s": round(wall, 3)} for row in rows]
+    if proc.lost_with_warm_parent:
+        return [maker.failure("killed", f"cell process lost with the warm parent, which died or was killed; log "
+                                        f"tail: {tail}")]
     if returncode < 0:
         status, reason = signal_status(-returncode, oom_before)
         return [maker.failure(status, f"{reason}; log tail: {tail}")]
