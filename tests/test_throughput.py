@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bench.cell import run_cell
-from bench.measure.noise import LoadReport, noise_columns
+from bench.measure.noise import LoadReport, SystemLoad, noise_columns
 from bench.measure.timing import time_paired
 from bench.stats import median_interval
 from bench.paths import CellContext
@@ -57,6 +57,22 @@ def test_alternation_cancels_drift(fake_clock):
     a, b = time_paired(slowing, slowing, device="cpu", warmup=0, repeats=8, iters=1)
     ratio = median_interval([tb / ta for ta, tb in zip(a.seconds, b.seconds)])
     assert ratio.method == "order statistics" and ratio.low <= 1.0 <= ratio.high
+
+
+def test_a_cpu_region_that_got_little_cpu_time_is_flagged_starved():
+    """A cell stopped or crowded out for part of a seconds budget trains on fewer images: its own CPU time against
+    its wall time says so, whatever the load measure sees of other processes."""
+    import time
+
+    with SystemLoad(threads=2) as idle:
+        time.sleep(0.5)  # no CPU time at all, as if stopped
+    assert idle.report.own_share < 0.1 and "starved: the cell got" in noise_columns(idle.report)["noisy"]
+    with SystemLoad(threads=1) as busy:
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            pass
+    assert busy.report.own_share > 0.5 and "starved" not in noise_columns(busy.report)["noisy"]
+    assert SystemLoad().__enter__().threads is None  # GPU regions: not asked
 
 
 def test_noise_flags():

@@ -1,9 +1,9 @@
 """Is the machine quiet enough to trust a timing? (pyperf's system checks are the model.)
 
 `SystemLoad` wraps a timed region and reports the 1-minute load average before and after, the cores this
-process may use, and the share of the machine's CPU time that *other* processes used meanwhile (from
-/proc/stat, minus this process's own CPU time). `noise_columns` turns that and the timing spread into the rows'
-noise columns.
+process may use, the share of the machine's CPU time that *other* processes used meanwhile (from /proc/stat,
+minus this process's own CPU time), and, for a CPU-bound region, the share of its threads' time this process
+got. `noise_columns` turns that and the timing spread into the rows' noise columns.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 SPREAD_LIMIT = 1.10  # p80 / p20 above this: the repeats disagree by more than 10%
 BUSY_LIMIT = 0.10  # other processes used more than 10% of the machine while timing
+STARVED_LIMIT = 0.5  # the region got less than half the CPU time its threads could have used
 
 
 def _busy_seconds() -> tuple[float, int] | None:
@@ -41,6 +42,7 @@ class LoadReport:
     load_after: float
     usable_cores: int
     other_cpu: float | None  # share of all CPUs' time used by other processes; None where unknown
+    own_share: float | None = None  # this process's CPU time / (wall time x its threads); None when not asked
 
     def columns(self) -> dict:
         return {"load_before": round(self.load_before, 2), "load_after": round(self.load_after, 2),
@@ -49,7 +51,12 @@ class LoadReport:
 
 
 class SystemLoad:
-    """with SystemLoad() as load: timed_region()  ->  load.report"""
+    """with SystemLoad() as load: timed_region()  ->  load.report. threads: the CPU threads a CPU-bound region
+    keeps busy (torch's intra-op threads); given, the report says what share of their time the process got (a
+    stopped or starved process gets little, whatever the load measure sees of other processes)."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
 
     def __enter__(self) -> "SystemLoad":
         self._load = os.getloadavg()[0]
@@ -64,7 +71,9 @@ class SystemLoad:
         other = None
         if busy is not None and self._busy is not None and wall > 0:
             other = max(0.0, (busy[0] - self._busy[0] - own) / (wall * busy[1]))
-        self.report = LoadReport(self._load, os.getloadavg()[0], len(os.sched_getaffinity(0)), other)
+        cores = len(os.sched_getaffinity(0))
+        share = own / (wall * min(self.threads, cores)) if self.threads and wall > 0 else None
+        self.report = LoadReport(self._load, os.getloadavg()[0], cores, other, share)
 
 
 def noise_columns(report: LoadReport, p20: float | None = None, p80: float | None = None,
@@ -76,6 +85,9 @@ def noise_columns(report: LoadReport, p20: float | None = None, p80: float | Non
         flags.append(f"spread p80/p20 {p80 / p20:.2f}")
     if report.other_cpu is not None and report.other_cpu > BUSY_LIMIT:
         flags.append(f"busy: other processes used {report.other_cpu:.0%} of the CPU")
+    if report.own_share is not None and report.own_share < STARVED_LIMIT:
+        flags.append(f"starved: the cell got {report.own_share:.0%} of its threads' CPU time (stopped, or crowded "
+                     "out by a process the load measure does not see)")
     if host_bound:
         flags.append("host-bound: the GPU waited for kernel launches")
     return dict(report.columns(), noisy="; ".join(flags))

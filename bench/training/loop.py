@@ -239,7 +239,7 @@ def train(model: torch.nn.Module, objective: Objective, spec: CellSpec, recipe: 
 
     model.train()
     schedule = schedule_for(clock, recipe.warmup_frac)
-    with SystemLoad() as load:
+    with SystemLoad(threads=torch.get_num_threads() if device == "cpu" else None) as load:
         stopped_early = run_budget(clock, schedule, optimizer, lr, gen, device, step, validate)
     if best["state"] is not None:
         evaluated.load_state_dict(best["state"])
