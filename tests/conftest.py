@@ -228,3 +228,12 @@ def fake_clock(monkeypatch) -> FakeClock:
     for module in ("bench.measure.latency", "bench.measure.timing"):
         monkeypatch.setattr(f"{module}.time", clock)
     return clock
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke suite run once per test session: (its run dir, the finished process)."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    proc = bench("run", SMOKE, "--run-dir", run_dir, "--device", "cpu", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return run_dir, proc

@@ -29,14 +29,6 @@ def start_runner(suite, run_dir, *extra):
                             text=True)
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    proc = bench("run", SMOKE, "--run-dir", run_dir, "--device", "cpu", timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return run_dir, proc
-
-
 @pytest.mark.slow
 def test_smoke_run_writes_schema_rows(smoke_run):
     run_dir, proc = smoke_run
@@ -147,70 +139,6 @@ def test_second_runner_is_refused_and_a_cell_killed_by_a_signal_is_recorded(tmp_
     frame = pd.read_csv(run_dir / "results.csv")
     assert frame["status"].tolist() == ["killed"]
     assert "killed by signal 15 (SIGTERM)" in frame["error"].iloc[0]
-
-
-@pytest.mark.slow
-def test_damaged_results_are_rebuilt_and_damaged_cell_files_rerun(smoke_run, tmp_path):
-    run_dir = tmp_path / "run"
-    shutil.copytree(smoke_run[0], run_dir)
-    text = (run_dir / "results.csv").read_text()
-    (run_dir / "results.csv").write_text(text[: len(text) // 2])  # cut mid-line
-    victim = sorted((run_dir / "cells").glob("*.json"))[0]
-    victim.write_text(victim.read_text()[:100])  # a cell file cut short (only possible from outside)
-    rerun = bench("run", SMOKE, "--run-dir", run_dir, "--device", "cpu", "--allow-mixed-versions", timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "4 already done" in rerun.stdout and f"cells/{victim.name} was damaged" in rerun.stdout
-    frame = pd.read_csv(run_dir / "results.csv")
-    assert frame["cell_id"].nunique() == 5 and not frame.duplicated(["cell_id", "metric"]).any()
-    assert (run_dir / "cells" / f"{victim.name}.damaged").exists()
-
-
-@pytest.mark.parametrize("content", ["", "garbage\x00\x01,\n1,2,3\n", "a,b\n1,2\n"])
-def test_unreadable_results_are_one_line_errors(tmp_path, content):
-    (tmp_path / "results.csv").write_text(content)
-    proc = bench("report", tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-
-
-def test_results_of_an_older_schema_are_refused(tmp_path):
-    (tmp_path / "results.csv").write_text("suite,run_id,cell_id,metric,value,status\ns,r,abc,throughput,1.0,ok\n")
-    proc = bench("report", tmp_path)
-    assert proc.returncode == 2 and "no cell records" in proc.stderr and "written by an older vitbench" in proc.stderr
-    (tmp_path / "cells").mkdir()
-    (tmp_path / "cells" / "abc.json").write_text(json.dumps({"schema_version": 2, "cell_id": "abc", "spec": {},
-                                                             "rows": []}))
-    proc = bench("report", tmp_path)
-    assert proc.returncode == 2 and f"schema version 2, expected {SCHEMA_VERSION}" in proc.stderr
-
-
-@pytest.mark.slow
-def test_resume_with_another_code_version_is_refused_unless_allowed(tmp_path):
-    run_dir = tmp_path / "run"
-    suite = suite_file(tmp_path, ONE_CELL)
-    assert bench("run", suite, "--run-dir", run_dir, "--device", "cpu", timeout=300).returncode == 0
-    env = json.loads((run_dir / "env.json").read_text())
-    env["code_version"] = "0123456789abcdef"
-    (run_dir / "env.json").write_text(json.dumps(env))
-    refused = bench("run", suite, "--run-dir", run_dir, "--device", "cpu")
-    assert refused.returncode == 2 and "started with code version 0123456789abcdef" in refused.stderr
-    assert "--allow-mixed-versions" in refused.stderr
-    allowed = bench("run", suite, "--run-dir", run_dir, "--device", "cpu", "--allow-mixed-versions")
-    assert allowed.returncode == 0 and "1 already done" in allowed.stdout
-
-
-def test_run_dir_problems_are_one_line_errors(tmp_path):
-    suite = suite_file(tmp_path, ONE_CELL)
-    (tmp_path / "afile").write_text("x")
-    other = suite_file(tmp_path, ONE_CELL, name="other")
-    (tmp_path / "used").mkdir()
-    (tmp_path / "used" / "env.json").write_text(json.dumps({"suite": "other", "code_version": "x"}))
-    for run_dir, expected in ((tmp_path / "afile", "exists and is not a directory"),
-                              (tmp_path / "afile" / "run", "cannot write there"),
-                              (Path("/sys/vitbench-test"), "cannot write there"),
-                              (tmp_path / "used", "holds suite 'other', not 't'")):
-        proc = bench("run", suite, "--run-dir", run_dir, "--device", "cpu")
-        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert other.exists()
 
 
 class _Payload:
