@@ -189,6 +189,8 @@ def _fashion_shape(match: re.Match) -> tuple[int, int]:
     if classes is not None and len(classes) < 2:
         raise ValueError(f"dataset {match[0]!r}: class range {match['first']}-{match['last']} has "
                          f"{len(classes)} class(es); a classification task needs at least two")
+    if classes is not None and len(classes) == len(FASHION_CLASSES):
+        raise ValueError(f"dataset {match[0]!r} is every class: it is written 'fashion-mnist' (one name in every row)")
     return 1, len(classes) if classes else 10
 
 

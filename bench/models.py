@@ -24,6 +24,7 @@ import vit_impl
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56}
+RESNET9_WIDTH = 16  # resnet9 is resnet9-w16, written without its width
 
 
 class UnknownModelError(ValueError):
@@ -72,7 +73,7 @@ class ModelFamily:
     impl: str
     family: str | None  # vit | cnn; None: decided by the built model's class (timm:<name>)
     attn_backends: tuple[str, ...]  # the attn_backend axis values it accepts; () = not applicable ("none")
-    check: Callable[[re.Match], None]  # raises UnknownModelError for a bad name inside the form
+    spelling: Callable[[re.Match], str]  # the spec's one spelling; UnknownModelError for a bad name inside the form
     build: Callable[..., nn.Module]  # (match, img_size, in_chans, num_classes, attn_backend, drop_path_rate)
     vit_variant: bool = False  # the name is one of our ViT variants (vit_impl), e.g. "Ti/4"
     native_vit: bool = False  # our ViT: attention maps, the MAE encoder, timm-compatible weight names
@@ -89,11 +90,12 @@ class ModelFamily:
 # ------------------------------------------------------------------------------------------ builders
 
 
-def _check_vit_variant(match: re.Match) -> None:
+def _vit_spelling(match: re.Match) -> str:
     try:
-        vit_impl.parse_variant(match["variant"])
+        variant = vit_impl.canonical_variant(match["variant"])
     except ValueError as err:
         raise UnknownModelError(str(err)) from None
+    return match[0][:match.start("variant")] + variant
 
 
 def _build_native_vit(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
@@ -110,11 +112,13 @@ def _build_timm_vit(match, img_size, in_chans, num_classes, backend, drop_path_r
                    drop_path_rate=drop_path_rate)
 
 
-def _check_timm(match: re.Match) -> None:
+def _timm_spelling(match: re.Match) -> str:
     import timm
 
     if not timm.is_model(match["variant"]):
         raise UnknownModelError(f"unknown timm model {match['variant']!r} (see timm.list_models())")
+    name, tag = timm.models.split_model_name_tag(match["variant"])
+    return f"timm:{name}" + (f".{tag}" if tag else "")
 
 
 def _build_timm(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
@@ -144,27 +148,31 @@ def _build_cifar_resnet(match, img_size, in_chans, num_classes, backend, drop_pa
 
 
 def _build_resnet9(match, img_size, in_chans, num_classes, backend, drop_path_rate) -> nn.Module:
-    return cnn_impl.ResNet9(int(match["width"] or 16), in_chans=in_chans, num_classes=num_classes)
+    return cnn_impl.ResNet9(int(match["width"] or RESNET9_WIDTH), in_chans=in_chans, num_classes=num_classes)
 
 
-def _no_check(match: re.Match) -> None:
-    return None
+def _as_written(match: re.Match) -> str:
+    return match[0]
+
+
+def _resnet9_spelling(match: re.Match) -> str:
+    return "resnet9" if match["width"] in (None, str(RESNET9_WIDTH)) else match[0]
 
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("vit:<variant>", re.compile(r"vit:(?P<variant>.+)"), "native", "vit", vit_impl.ATTN_BACKENDS,
-                _check_vit_variant, _build_native_vit, vit_variant=True, native_vit=True),
-    ModelFamily("timm-vit:<variant>", re.compile(r"timm-vit:(?P<variant>.+)"), "timm", "vit", (), _check_vit_variant,
+                _vit_spelling, _build_native_vit, vit_variant=True, native_vit=True),
+    ModelFamily("timm-vit:<variant>", re.compile(r"timm-vit:(?P<variant>.+)"), "timm", "vit", (), _vit_spelling,
                 _build_timm_vit, vit_variant=True),
-    ModelFamily("timm:<timm model name>", re.compile(r"timm:(?P<variant>.+)"), "timm", None, (), _check_timm,
+    ModelFamily("timm:<timm model name>", re.compile(r"timm:(?P<variant>.+)"), "timm", None, (), _timm_spelling,
                 _build_timm, timm_weights=True),
     ModelFamily("resnet18..resnet152[-small]",
                 re.compile(rf"(?P<base>{'|'.join(TORCHVISION_RESNETS)})(?P<small>-small)?"), "torchvision", "cnn", (),
-                _no_check, _build_torchvision_resnet),
+                _as_written, _build_torchvision_resnet),
     ModelFamily("resnet20 | resnet32 | resnet56", re.compile("|".join(CIFAR_RESNET_DEPTHS)), "native", "cnn", (),
-                _no_check, _build_cifar_resnet),
+                _as_written, _build_cifar_resnet),
     ModelFamily("resnet9[-w<width>]", re.compile(r"resnet9(-w(?P<width>[1-9][0-9]*))?"), "native", "cnn", (),
-                _no_check, _build_resnet9),
+                _resnet9_spelling, _build_resnet9),
 )
 SPEC_FORMS = tuple(f.form for f in FAMILIES)
 
@@ -176,7 +184,7 @@ def family_of(spec: str) -> tuple[ModelFamily, re.Match]:
     for fam in FAMILIES:
         match = fam.pattern.fullmatch(spec)
         if match:
-            fam.check(match)
+            fam.spelling(match)  # a bad name inside the form fails here
             return fam, match
     raise UnknownModelError(f"unknown model spec {spec!r}; known: {', '.join(SPEC_FORMS)}")
 
@@ -186,12 +194,22 @@ def model_family(spec: str) -> ModelFamily:
 
 
 def check_spec(spec: str) -> str:
-    """`spec` if it names a model the registry can build (without building it); UnknownModelError otherwise."""
-    family_of(spec)
+    """`spec` if it names a model the registry can build (without building it), written in its one spelling (a
+    second spelling of one model would be a second cell of it); UnknownModelError otherwise."""
+    fam, match = family_of(spec)
+    spelling = fam.spelling(match)
+    if spec != spelling:
+        raise UnknownModelError(f"model {spec!r} is written {spelling!r} (one model, one name in every row)")
     return spec
 
 
-AXIS_CHECKS = {"model": check_spec}  # applied by the suite layer to the `model` axis
+def _check_compare_to(value: dict) -> dict:
+    if "model" in value:
+        check_spec(value["model"])
+    return value
+
+
+AXIS_CHECKS = {"model": check_spec, "compare_to": _check_compare_to}  # applied by the suite layer to these axes
 
 
 def vit_variant(spec: str) -> str | None:

@@ -88,6 +88,36 @@ def test_invalid_suites_name_file_key_and_allowed(tmp_path, text, expected):
     assert expected in error_of(tmp_path, text)
 
 
+TRAIN = "  task: [train_eval]\n  dataset: [fashion-mnist]\n  budget: [{epochs: 1}]\n"
+
+
+@pytest.mark.parametrize(
+    "grid,expected",
+    [  # one thing, two spellings: accepted as two cells before
+        ("  model: ['vit:Mu/4', 'vit: Mu/04']\n  img_size: [28]\n",
+         "grid.model[1]: model 'vit: Mu/04' is written 'vit:Mu/4'"),
+        ("  model: ['timm-vit:Mu/04']\n  img_size: [28]\n", "model 'timm-vit:Mu/04' is written 'timm-vit:Mu/4'"),
+        ("  model: [resnet9, resnet9-w16]\n  img_size: [28]\n", "model 'resnet9-w16' is written 'resnet9'"),
+        ("  model: ['timm:resnet18.']\n  img_size: [28]\n", "model 'timm:resnet18.' is written 'timm:resnet18'"),
+        ("  model: ['vit:Mu/4']\n  img_size: [28]\n  compare_to: [{model: 'vit:Mu/04'}]\n",
+         "grid.compare_to[0]: model 'vit:Mu/04' is written 'vit:Mu/4'"),
+        ("  model: [resnet9]\n  dataset: ['fashion-mnist:0-9']\n" + TRAIN.replace("  dataset: [fashion-mnist]\n", ""),
+         "grid.dataset[0]: dataset 'fashion-mnist:0-9' is every class: it is written 'fashion-mnist'"),
+        ("  model: [resnet9]\n  init: ['mae:fashion-mnist:0-9']\n" + TRAIN.replace("train_eval", "finetune"),
+         "(dataset 'fashion-mnist:0-9' is every class: it is written 'fashion-mnist'"),
+        # the choice axes (tasks, engines, backends, dtypes) take their one spelling only, and name it
+        ("  model: [resnet9]\n  task: [Infer]\n", "grid.task[0]: expected one of infer, train"),
+        ("  model: [resnet9]\n  engine: [' eager']\n", "grid.engine[0]: expected one of eager, compile"),
+        ("  model: ['vit:Mu/4']\n  attn_backend: [SDPA]\n", "grid.attn_backend[0]: expected one of "),
+        # a model spec that is not one (compare_to's was not checked: an internal error)
+        ("  model: ['vit:Mu/4']\n  img_size: [28]\n  compare_to: [{model: vgg16}]\n",
+         "grid.compare_to[0]: unknown model spec 'vgg16'"),
+    ],
+)
+def test_one_name_per_registry_value_or_refused_naming_it(tmp_path, grid, expected):
+    assert expected in error_of(tmp_path, "name: t\ngrid:\n" + grid)
+
+
 def test_binary_and_non_utf8_and_huge_files(tmp_path):
     assert "binary data" in error_of(tmp_path, b"\x00\x01\x02name: t")
     assert "not UTF-8 text" in error_of(tmp_path, "name: t\n".encode() + b"\xff\xfe")

@@ -1,6 +1,6 @@
 """vit_impl: a native Vision Transformer with selectable attention backends (math, sdpa, triton)."""
 
-from .config import ATTN_BACKENDS, VARIANTS, ViTConfig, config_from_variant, parse_variant
+from .config import ATTN_BACKENDS, VARIANTS, ViTConfig, canonical_variant, config_from_variant, parse_variant
 from .mae import MaskedAutoencoder
 from .model import VisionTransformer, attention_rollout, create_vit, resample_pos_embed
 
@@ -11,6 +11,7 @@ __all__ = [
     "ViTConfig",
     "VisionTransformer",
     "attention_rollout",
+    "canonical_variant",
     "config_from_variant",
     "create_vit",
     "parse_variant",

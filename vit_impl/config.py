@@ -109,6 +109,12 @@ def parse_variant(variant: str) -> tuple[VariantShape, int]:
     return VARIANTS[match["name"]], patch
 
 
+def canonical_variant(variant: str) -> str:
+    """How a variant is written: 'Mu/4' for ' Mu/04' (ValueError for an unknown one)."""
+    _, patch = parse_variant(variant)
+    return f"{variant.strip().split('/')[0]}/{patch}"
+
+
 def config_from_variant(variant: str, **overrides) -> ViTConfig:
     """A ViTConfig for a named variant; keyword overrides replace any field (img_size, num_classes, ...)."""
     shape, patch = parse_variant(variant)

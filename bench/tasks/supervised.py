@@ -53,10 +53,10 @@ def normalise_init(value) -> str:
     mae = isinstance(value, str) and value.startswith("mae:")
     try:
         return ("mae:" if mae else "") + normalise_dataset_name(value[4:] if mae else value)
-    except (ValueError, OSError):
+    except (ValueError, OSError) as err:
         raise SpecError(f"expected a pretrain dataset of this suite (e.g. fashion-mnist:0-4), mae:<dataset> (a "
                         f"pretrain_mae cell's encoder), 'timm' (timm's cached pretrained weights) or "
-                        f"'file:<path to a state dict>', got {value!r}") from None
+                        f"'file:<path to a state dict>', got {value!r} ({err})") from None
 
 
 def init_checkpoint(spec: CellSpec) -> CheckpointRef | None:
