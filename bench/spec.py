@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -118,18 +119,14 @@ def mapping(value: Any) -> dict | None:
     return dict(sorted(value.items()))
 
 
-def _attn_shape(value: Any) -> tuple[int, int, int, int] | None:
-    if value is None:
-        return None
+def _attn_shape(value: Any) -> tuple[int, int, int, int]:
     if not isinstance(value, (list, tuple)) or len(value) != 4:
         raise SpecError(f"expected [batch, heads, seq_len, head_dim], got {value!r}")
     return tuple(positive_int(v) for v in value)
 
 
 def _budget(value: Any) -> "Budget | None":
-    if value is None or isinstance(value, Budget):
-        return value
-    return Budget.from_dict(value)
+    return value if value is None or isinstance(value, Budget) else Budget.from_dict(value)
 
 
 def _compare_to(value: Any) -> dict | None:
@@ -139,8 +136,9 @@ def _compare_to(value: Any) -> dict | None:
 
 def _study(value: Any) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value
-    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and v for v in values):
-        raise SpecError(f"expected a study tag or a list of them, got {value!r}")
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) and STUDY_TAG.fullmatch(v) for v in values):
+        raise SpecError(f"expected a study tag or a list of them, each 1 to 64 letters, digits, '.', '_' or '-', got "
+                        f"{value!r}")
     return tuple(sorted(set(values)))
 
 
@@ -148,6 +146,7 @@ DTYPES = ("fp32", "fp16", "bf16")
 ENGINES = ("eager", "compile", "onnxruntime")
 ATTENTION_BACKENDS = ("triton", "math", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
 DEVICES = ("cpu", "cuda")
+STUDY_TAG = re.compile(r"[A-Za-z0-9._-]{1,64}")  # plain slugs: rows write a cell's tags ';'-joined
 
 
 # ------------------------------------------------------------------------------------------ budget
@@ -279,7 +278,7 @@ class CellSpec:
     seed: int = axis(0, non_negative_int, "random seed")
     in_chans: int = axis(3, positive_int, "input channels of synthetic data (real datasets set their own)")
     num_classes: int = axis(1000, positive_int, "classes of synthetic data (real datasets set their own)")
-    attn_shape: tuple[int, int, int, int] | None = axis(None, _attn_shape,
+    attn_shape: tuple[int, int, int, int] | None = axis(None, optional(_attn_shape),
                                                         "task attention: [batch, heads, seq_len, head_dim]")
     budget: Budget | None = axis(None, _budget, "accuracy tasks: {epochs: cap, patience, lr_drops, max_images, "
                                                 "eval_images} (converged) | {epochs|seconds|train_flops: N, evals}")

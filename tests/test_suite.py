@@ -1,10 +1,12 @@
 """Suite validation: every kind of bad input is one line naming the file, the key and what is allowed."""
 
+import json
 import textwrap
 
 import pytest
 
 from bench.__main__ import main
+from bench.spec import CellSpec, SpecError
 from bench.suite import SuiteError, load_suite
 
 GOOD = """
@@ -186,6 +188,15 @@ grid:
     tags = {(c.model, c.img_size): c.study for c in suite.cells}
     assert tags == {("resnet20", 28): ("image-size", "scaling-by-size"), ("resnet32", 28): ("scaling-by-size",),
                     ("resnet20", 56): ("image-size",)}
+
+
+@pytest.mark.parametrize("tag", ["x;scaling-by-size", "a b", "", "x/y", "tag\\n", "é", "x" * 65])
+def test_study_tags_are_plain_slugs(tmp_path, tag):
+    message = error_of(tmp_path, f"name: t\ngrid:\n  - study: [ok.1_a-b, {json.dumps(tag)}]\n    model: [resnet20]\n")
+    assert "grid[0].study: expected a study tag or a list of them, each 1 to 64 letters, digits, '.', '_' or '-'" \
+        in message
+    with pytest.raises(SpecError, match="study: expected a study tag"):  # a record's spec, read back, too
+        CellSpec.from_dict({"study": ["ok", tag]})
 
 
 def test_cell_id_is_stable_and_depends_on_settings(tmp_path):
