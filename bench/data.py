@@ -1,6 +1,5 @@
-"""Datasets: one table (name -> loader, shape, normalisation), uint8 tensors on the training device, a fixed
-validation set of 1,000 images carved from each training split, nested stratified training subsets of the rest,
-and on-device augmentation.
+"""Datasets: one table (name -> loader, shape, normalisation), uint8 tensors on the training device, and on-device
+augmentation. A cell's validation set and training subset of a split: bench/subsets.py.
 
 Names: fashion-mnist, fashion-mnist:<a>-<b> (classes a..b only, relabelled 0..b-a: pretrain on 0-4, fine-tune on
 5-9), cifar10, cifar100 (torchvision's python layout), imagefolder:<path> (<path>/train and <path>/test or
@@ -36,8 +35,6 @@ import torch.nn.functional as F
 
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-VAL_SIZE = 1000  # the fixed validation set carved from the training split (validation_set)
-VALIDATION_SEED = 1_000_003  # its draw, apart from every cell's seed
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 
@@ -465,43 +462,6 @@ def load_unlabeled(name: str, img_size: int, split: str = "train") -> TrainData:
 def load_test(name: str, img_size: int) -> Split:
     """The test split: read once, by the final evaluation of an accuracy cell, after training."""
     return _decoded(name, "test", img_size)[0]
-
-
-# ---------------------------------------------------------------------------------------------- subsets
-
-
-def subset_order(labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """A fixed order of the training set whose every prefix is stratified: within each class a seeded random
-    order, classes interleaved by rank / class size. Subsets are prefixes, hence nested (1k inside 5k)."""
-    gen = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    key = torch.empty(len(labels), dtype=torch.float64)
-    for c in labels.unique():
-        members = (labels == c).nonzero().squeeze(1)
-        ranks = torch.randperm(len(members), generator=gen).double()
-        key[members] = (ranks + torch.rand(len(members), generator=gen, dtype=torch.float64)) / len(members)
-    return torch.argsort(key)
-
-
-def validation_set(labels: torch.Tensor, size: int = VAL_SIZE) -> torch.Tensor:
-    """The fixed validation images of a training split: a stratified draw of `size` images with a seed of its own,
-    the same for every cell (every model, training size and seed of every study) and outside every training subset.
-    A split of fewer than 5 x size images gives a fifth of itself (its rows' val_size says how many)."""
-    size = min(size, len(labels) // 5)
-    return subset_order(labels, VALIDATION_SEED)[:size].to(labels.device)
-
-
-def cell_split(labels: torch.Tensor, size: int | None, seed: int, val_size: int = VAL_SIZE) -> tuple[torch.Tensor,
-                                                                                                    torch.Tensor]:
-    """(training indices, validation indices) of a cell: `size` training images (all of the pool when None or
-    larger than it), stratified by class and nested across sizes for one seed (the 1k subset is inside the 5k one),
-    drawn from the pool outside the fixed validation set (validation_set)."""
-    val = validation_set(labels, val_size)
-    pool = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-    pool[val] = False
-    pool_idx = pool.nonzero().squeeze(1)
-    order = pool_idx[subset_order(labels[pool_idx], seed).to(labels.device)]
-    return (order if size is None else order[:size]), val
 
 
 # ------------------------------------------------------------------------------------- augmentation

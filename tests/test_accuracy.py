@@ -16,10 +16,11 @@ import torch
 from bench import data as data_mod
 from bench import training
 from bench.cell import run_cell
-from bench.data import VAL_SIZE, DataNotFoundError, DeviceAugment, cell_split, load_test, load_train, validation_set
+from bench.data import DataNotFoundError, DeviceAugment, load_test, load_train
 from bench.models import build_model
 from bench.paths import CellContext
 from bench.spec import Budget, CellSpec
+from bench.subsets import VAL_SIZE, cell_split, validation_set
 from bench.tasks import TASKS, supervised
 from tests.conftest import ROOT, fake_fashion, needs_fmnist
 

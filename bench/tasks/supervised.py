@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import cell_split, input_shape, is_real, load_train, normalise_dataset_name
+from ..data import input_shape, is_real, load_train, normalise_dataset_name
 from ..distributed import Ranks, launch
 from ..measure.flops import forward_flops
 from ..measure.phases import phase
@@ -26,6 +26,7 @@ from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
 from ..training import divergence, final_test, recipe_column, recipe_for, save_checkpoint, train_classifier
+from ..subsets import cell_split
 from .common import CheckpointRef, Task, check_model_cell, reject
 
 

@@ -11,7 +11,7 @@ Every cell trains under an explicit budget (bench/spec.py: Budget) with one of t
   compute-equal  the same training seconds on this device (evaluation pauses the clock) or the same training
                  FLOPs (forward FLOPs x 3 per image) for every model
 Fixed and compute-equal budgets run a linear warm-up and a cosine decay over the budget's progress (0 to 1) and
-evaluate `evals` times. Validation uses the fixed validation set of the training split (bench/data.py:
+evaluate `evals` times. Validation uses the fixed validation set of the training split (bench/subsets.py:
 validation_set, 1,000 images), the same for every cell of a study; the best weights are kept and restored. The
 test split is loaded only after training, by `final_test`, once: training code never holds it.
 

@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-from ..data import VAL_SIZE
+from ..subsets import VAL_SIZE
 from ..spec import (Budget, CellSpec, boolean, choice, fraction, mapping_of, non_negative_int, non_negative_number,
                     optional, positive_int, positive_number)
 
@@ -29,7 +29,7 @@ class Recipe:
     cutmix: float = 0.0  # cutmix alpha (0: off); with both, one of the two per batch
     ema: float | None = None  # decay of an exponential moving average of the weights, which is evaluated
     layer_decay: float | None = None  # ViT fine-tuning: learning rate x decay^(depth - layer) per layer
-    val_size: int = VAL_SIZE  # images of the fixed validation set (bench/data.py: validation_set)
+    val_size: int = VAL_SIZE  # images of the fixed validation set (bench/subsets.py: validation_set)
 
 
 # Recipes per (family, phase). "scratch" trains from scratch under the converged protocol; "scratch-short" under
