@@ -94,20 +94,20 @@ class DatasetKind:
 # ------------------------------------------------------------------------------------- Fashion-MNIST
 
 
+def _named_root() -> Path | None:
+    """$VITBENCH_DATA: a folder the user named, searched alone (used, or refused saying what it lacks)."""
+    return Path(os.environ["VITBENCH_DATA"]) if os.environ.get("VITBENCH_DATA") else None
+
+
 def fashion_mnist_search_path() -> list[Path]:
-    """Where the idx files are looked for, in order."""
-    places = []
-    if os.environ.get("VITBENCH_DATA"):
-        places.append(Path(os.environ["VITBENCH_DATA"]) / "fashion-mnist")
-    places.append(Path("/usr/share/datasets/fashion-mnist"))  # Debian package dataset-fashion-mnist
-    for root in _torchvision_roots():
-        places.append(root / "FashionMNIST" / "raw")
-    return places
+    """Where the idx files are looked for, in order: under $VITBENCH_DATA only, when it is set."""
+    named = _named_root()
+    first = named / "fashion-mnist" if named else Path("/usr/share/datasets/fashion-mnist")  # Debian's package
+    return [first] + [root / "FashionMNIST" / "raw" for root in _torchvision_roots()]
 
 
 def _torchvision_roots() -> list[Path]:
-    roots = [Path(os.environ["VITBENCH_DATA"])] if os.environ.get("VITBENCH_DATA") else []
-    return roots + [Path("data"), Path.home() / ".cache" / "torchvision"]
+    return [_named_root()] if _named_root() else [Path("data"), Path.home() / ".cache" / "torchvision"]
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -140,13 +140,18 @@ def fashion_mnist_folder() -> Path:
     """The first place of the search path that holds all four idx files: both splits come from one place."""
     places = fashion_mnist_search_path()
     stems = [stem for files in FASHION_FILES.values() for stem in files]
-    partial = []
+    lacking = {}
     for folder in places:
-        found = [stem for stem in stems if _find_idx(folder, stem)]
-        if len(found) == len(stems):
+        lacking[folder] = [stem for stem in stems if not _find_idx(folder, stem)]
+        if not lacking[folder]:
             return folder
-        if found:
-            partial.append(f"{folder} (has only {', '.join(found)})")
+    if _named_root():
+        what = "; ".join(f"{folder} lacks {', '.join(m) if len(m) < len(stems) else 'all four idx files'}"
+                         for folder, m in lacking.items())
+        raise DataNotFoundError(f"Fashion-MNIST is not in the folder VITBENCH_DATA names ({what}): put the four idx "
+                                f"files in {places[0]}, or unset VITBENCH_DATA to search the default places")
+    partial = "; ".join(f"{folder} (has only {', '.join(s for s in stems if s not in missing)})"
+                        for folder, missing in lacking.items() if len(missing) < len(stems))
     download_root = Path.home() / ".cache" / "torchvision"
     try:
         from torchvision.datasets import FashionMNIST
@@ -156,13 +161,10 @@ def fashion_mnist_folder() -> Path:
         return download_root / "FashionMNIST" / "raw"
     except Exception as err:  # noqa: BLE001 - offline machines: the clear message below says what to do
         download_error = f"{type(err).__name__}: {str(err)[:200]}"
-    searched = "\n".join(f"  - {p}" for p in places)
-    incomplete = (f"Skipped, incomplete (both splits must come from one place): {'; '.join(partial)}.\n"
-                  if partial else "")
+    searched = "".join(f"  - {p}\n" for p in places)
+    incomplete = f"Skipped, incomplete (both splits must come from one place): {partial}.\n" if partial else ""
     raise DataNotFoundError(
-        "Fashion-MNIST not found. Searched, in order:\n"
-        f"{searched}\n"
-        f"{incomplete}"
+        f"Fashion-MNIST not found. Searched, in order:\n{searched}{incomplete}"
         f"and a torchvision download into {download_root} failed ({download_error}).\n"
         "Get it in one of two ways:\n"
         "  1. Debian/Ubuntu: apt-get install dataset-fashion-mnist  (files in /usr/share/datasets/fashion-mnist)\n"
@@ -232,7 +234,7 @@ def _cifar_root(match: re.Match) -> Path:
     searched = ", ".join(str(r / cls.base_folder) for r in _torchvision_roots())
     raise DataNotFoundError(f"{match[0]} not found (searched {searched}); download it with torchvision "
                             f"(torchvision.datasets.{cls.__name__}(root, download=True)) into one of those "
-                            "roots, or set VITBENCH_DATA to the root that holds it")
+                            "roots, or set VITBENCH_DATA to the root that holds it (then the only one searched)")
 
 
 def _cifar_files(match: re.Match, split: str, images_only: bool) -> tuple[Path, list[Path]]:
