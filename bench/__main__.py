@@ -72,6 +72,8 @@ def _cmd_run(args) -> int:
 
     out = Output()
     suite = load_suite(args.suite, args.device, max_cells=args.max_cells)
+    for capped in suite.capped:
+        out(f"warning: {suite.path}: {capped}")
     if args.dry_run:
         out(f"suite {suite.name} ({suite.path}) on {suite.device}: {len(suite.cells)} cells")
         for i, cell in enumerate(suite.cells, 1):

@@ -83,6 +83,7 @@ class DatasetKind:
     form: str  # how a user writes it
     pattern: re.Pattern
     shape: Callable[[re.Match], tuple[int, int]]  # (in_chans, num_classes) without loading the images
+    train_images: Callable[[re.Match], int]  # images of the training split, without loading them
     load: Callable[[re.Match, str, int], tuple[Split, tuple[str, ...]]]  # (match, split, img_size)
     files: Callable[[re.Match, str, bool], tuple[Path, list[Path]]]  # (match, split, images only) -> (place, files)
     stats: Callable[[re.Match, Split], tuple[tuple[float, ...], tuple[float, ...]]]  # (mean, std)
@@ -263,6 +264,13 @@ def _imagefolder_shape(match: re.Match) -> tuple[int, int]:
     return 3, len([d for d in root.iterdir() if d.is_dir()])
 
 
+def _imagefolder_images(match: re.Match) -> int:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    root = _imagefolder_split(Path(match["path"]), "train")
+    return sum(1 for p in root.glob("*/**/*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+
+
 def _imagefolder_files(match: re.Match, split: str, images_only: bool) -> tuple[Path, list[Path]]:
     folder = _imagefolder_split(Path(match["path"]), split)
     return Path(match["path"]), sorted(p for p in folder.rglob("*") if p.is_file())
@@ -295,14 +303,14 @@ def _fixed_stats(mean, std):
 
 DATASETS: tuple[DatasetKind, ...] = (
     DatasetKind("fashion-mnist[:<first>-<last>]", re.compile(r"fashion-mnist(:(?P<first>\d)-(?P<last>\d))?"),
-                _fashion_shape, _fashion_load, _fashion_files, _fixed_stats((0.2860,), (0.3530,)),
-                images=_fashion_images),
-    DatasetKind("cifar10", re.compile("cifar10"), lambda m: (3, 10), _cifar_load, _cifar_files,
+                _fashion_shape, lambda m: 6_000 * _fashion_shape(m)[1], _fashion_load, _fashion_files,
+                _fixed_stats((0.2860,), (0.3530,)), images=_fashion_images),
+    DatasetKind("cifar10", re.compile("cifar10"), lambda m: (3, 10), lambda m: 50_000, _cifar_load, _cifar_files,
                 _fixed_stats((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
-    DatasetKind("cifar100", re.compile("cifar100"), lambda m: (3, 100), _cifar_load, _cifar_files,
+    DatasetKind("cifar100", re.compile("cifar100"), lambda m: (3, 100), lambda m: 50_000, _cifar_load, _cifar_files,
                 _fixed_stats((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
     DatasetKind("imagefolder:<path>", re.compile(r"imagefolder:(?P<path>.+)"), _imagefolder_shape,
-                _imagefolder_load, _imagefolder_files, _measured_stats, by_content=False),
+                _imagefolder_images, _imagefolder_load, _imagefolder_files, _measured_stats, by_content=False),
 )
 SYNTHETIC = "synthetic"
 DATASET_FORMS = ", ".join([SYNTHETIC] + [d.form for d in DATASETS])
@@ -340,6 +348,12 @@ def input_shape(dataset: str, in_chans: int, num_classes: int) -> tuple[int, int
         return in_chans, num_classes
     kind, match = _kind(dataset)
     return kind.shape(match)
+
+
+def train_images(dataset: str) -> int:
+    """Images of a real dataset's training split (the published size; an ImageFolder's image files), unloaded."""
+    kind, match = _kind(dataset)
+    return kind.train_images(match)
 
 
 def cache_dir() -> Path:

@@ -26,8 +26,17 @@ def validation_set(labels: torch.Tensor, size: int = VAL_SIZE) -> torch.Tensor:
     """The fixed validation images of a training split: a stratified draw of `size` images with a seed of its own,
     the same for every cell (every model, training size and seed of every study) and outside every training subset.
     A split of fewer than 5 x size images gives a fifth of itself (its rows' val_size says how many)."""
-    size = min(size, len(labels) // 5)
-    return subset_order(labels, VALIDATION_SEED)[:size].to(labels.device)
+    return subset_order(labels, VALIDATION_SEED)[:_validation_size(len(labels), size)].to(labels.device)
+
+
+def _validation_size(n: int, size: int) -> int:
+    return min(size, n // 5)
+
+
+def pool_size(n: int, val_size: int = VAL_SIZE) -> int:
+    """The training images a cell of a split of n images may draw: those outside its fixed validation set (a
+    larger train_size gets all of them)."""
+    return n - _validation_size(n, val_size)
 
 
 def cell_split(labels: torch.Tensor, size: int | None, seed: int, val_size: int = VAL_SIZE) -> tuple[torch.Tensor,

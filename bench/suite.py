@@ -52,6 +52,22 @@ TOP_KEYS = ("name", "description", "device", *DEVICE_BLOCK_KEYS, "cpu", "cuda")
 GRID_ENTRY_KEYS = (*GRID_AXES, "study")
 
 
+@dataclass(frozen=True)
+class Capped:
+    """A cell whose train_size asks for more images than its task draws from its dataset: it trains on all `pool`
+    of them, as do the suite's cells `same_as` (the same setting with another train_size, or null)."""
+
+    spec: CellSpec
+    pool: int
+    same_as: tuple[str, ...]
+
+    def __str__(self) -> str:
+        same = f"; the same images as cell(s) {', '.join(self.same_as)}" if self.same_as else ""
+        return (f"cell {self.spec.cell_id} ({self.spec.label()}): train_size {self.spec.train_size:,} is more than "
+                f"the {self.pool:,} images a {self.spec.task} cell draws from {self.spec.dataset}; it trains on "
+                f"{self.pool:,}{same}")
+
+
 @dataclass
 class Suite:
     path: Path
@@ -62,6 +78,7 @@ class Suite:
     concurrency: int
     cells: list[CellSpec]
     text: str
+    capped: list[Capped]  # said at validation (bench run, --dry-run too); rows keep train_size and train_size_used
 
 
 def _fail(path: Path, key: str, message: str) -> SuiteError:
@@ -262,7 +279,27 @@ def load_suite(path: str | Path, device: str | None = None, max_cells: int = DEF
     fixed = {"device": device, **{k: settings[k] for k in ("repeats", "warmup", "iters")}}
     cells = _expand(path, grids, include, exclude, fixed)
     return Suite(path=path, name=name, description=description, device=device, timeout_s=settings["timeout_s"],
-                 concurrency=settings["concurrency"], cells=cells, text=text)
+                 concurrency=settings["concurrency"], cells=cells, text=text, capped=_capped(cells))
+
+
+def _capped(cells: list[CellSpec]) -> list[Capped]:
+    """The cells whose train_size is more than their task can draw from their dataset, each with the cells that
+    train on the same images (every image the setting may draw)."""
+    pools: dict[tuple, int | None] = {}  # per task, dataset and recipe: an ImageFolder is counted once
+    whole: dict[str, list[str]] = {}  # a setting less its train_size -> its cells that get every image
+    found = []
+    for spec in cells:
+        key = (spec.task, spec.dataset, spec.column_value("recipe"))
+        if key not in pools:
+            pools[key] = TASKS[spec.task].train_pool(spec)
+        pool = pools[key]
+        if pool is None or (spec.train_size is not None and spec.train_size < pool):
+            continue  # no training subset, or a proper one
+        whole.setdefault(spec.replace(train_size=None).cell_id, []).append(spec.cell_id)
+        if spec.train_size is not None and spec.train_size > pool:
+            found.append((spec, pool))
+    return [Capped(spec, pool, tuple(i for i in whole[spec.replace(train_size=None).cell_id] if i != spec.cell_id))
+            for spec, pool in found]
 
 
 def _shown(spec: CellSpec) -> str:

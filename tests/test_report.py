@@ -115,6 +115,19 @@ def test_failures_and_skips_are_listed(tmp_path):
     assert "_No accuracy or throughput results to answer from._" in report
 
 
+def test_cells_capped_by_their_dataset_are_said_beside_the_failures(tmp_path):
+    records = []
+    for size, used in ((1000, 1000), (59000, 59000), (100000, 59000)):
+        spec = CellSpec(model="resnet9", task="train_eval", dataset="fashion-mnist", img_size=28, train_size=size,
+                        budget=Budget(epochs=1.0))
+        maker = RowMaker(spec, CellContext("t", "r", tmp_path), **info_of(spec), train_size_used=used, val_size=1000)
+        records.append(CellRecord(spec, [maker.row("accuracy", 0.9, n_repeats=1)]))
+    write_run(tmp_path / "run", records)
+    report = report_mod.write_report([tmp_path / "run"], tmp_path / "report").read_text()
+    assert ("**Capped:** 1 cell(s) asked for more training images than their dataset gives and trained on all of them "
+            "(train_size -> train_size_used): resnet9 on fashion-mnist: 100,000 -> 59,000.") in report
+
+
 def accuracy_records(tmp_path, model, curve, sizes, seeds=(0, 1, 2), noise=0.004, converged=True, rng=None):
     """Converged-protocol cells of `model` whose test accuracy follows curve(n), plus noise per seed."""
     rng = rng or np.random.default_rng(1)

@@ -199,6 +199,44 @@ def test_study_tags_are_plain_slugs(tmp_path, tag):
         CellSpec.from_dict({"study": ["ok", tag]})
 
 
+def test_a_train_size_above_what_the_dataset_gives_is_said_at_validation(tmp_path, capsys):
+    folder = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (folder / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            (folder / "train" / name / f"{i}.png").touch()
+    path = write(tmp_path, f"""
+        name: t
+        grid:
+          - model: [resnet9]
+            task: [train_eval]
+            dataset: [fashion-mnist]
+            img_size: [28]
+            train_size: [1000, 59000, 100000]
+            budget: [{{epochs: 1}}]
+          - {{model: [resnet9], task: [train_eval], dataset: ["fashion-mnist:0-4"], train_size: [40000],
+             recipe: [{{val_size: 500}}], img_size: [28], budget: [{{epochs: 1}}]}}
+          - {{model: ["vit:Mu/4"], task: [pretrain_mae], dataset: [fashion-mnist], train_size: [59000, 59500],
+             img_size: [28], budget: [{{epochs: 1}}]}}
+          - {{model: [resnet9], task: [train_eval], dataset: ["imagefolder:{folder}"], train_size: [5, 6],
+             img_size: [28], budget: [{{epochs: 1}}]}}
+        """)
+    suite = load_suite(path, "cpu")
+    ids = {(c.task, c.dataset, c.train_size): c.cell_id for c in suite.cells}
+    capped = {(c.spec.task, c.spec.dataset, c.spec.train_size): (c.pool, c.same_as) for c in suite.capped}
+    assert capped == {("train_eval", "fashion-mnist", 100000): (59000, (ids["train_eval", "fashion-mnist", 59000],)),
+                      ("train_eval", "fashion-mnist:0-4", 40000): (29500, ()),  # 5 classes, 500 to validation
+                      ("pretrain_mae", "fashion-mnist", 59500): (59000, (ids["pretrain_mae", "fashion-mnist", 59000],)),
+                      ("train_eval", f"imagefolder:{folder}", 6): (5, (ids["train_eval", f"imagefolder:{folder}", 5],))}
+    assert main(["run", str(path), "--dry-run", "--device", "cpu"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 4 and all(str(path) in line for line in warnings)
+    assert (f"cell {ids['train_eval', 'fashion-mnist', 100000]} (resnet9 train_eval bs32 28px fp32 fashion-mnist "
+            "n=100000 seed0 {\"epochs\":1.0}): train_size 100,000 is more than the 59,000 images a train_eval cell "
+            f"draws from fashion-mnist; it trains on 59,000; the same images as cell(s) "
+            f"{ids['train_eval', 'fashion-mnist', 59000]}") in warnings[0]
+
+
 def test_cell_id_is_stable_and_depends_on_settings(tmp_path):
     a = load_suite(write(tmp_path, GOOD), "cpu").cells
     b = load_suite(write(tmp_path, GOOD.replace("name: t", "name: t\nrepeats: 9")), "cpu").cells

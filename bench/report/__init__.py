@@ -80,6 +80,20 @@ def failure_table(runs: Runs) -> str:
     return bad.to_markdown(index=False)
 
 
+def capped_cells(runs: Runs, shown: int = 5) -> str:
+    """Cells whose train_size asked for more images than their dataset gave (train_size_used): they trained on all
+    of it, the same images as a larger or null train_size."""
+    cells = runs.rows.drop_duplicates(["run_dir", "cell_id"])
+    capped = cells[cells["train_size"].notna() & (cells["train_size"] > cells["train_size_used"])]
+    if capped.empty:
+        return ""
+    listed = [f"{label} on {data}: {int(asked):,} -> {int(used):,}" for label, data, asked, used in
+              zip(capped["label"], capped["dataset"], capped["train_size"], capped["train_size_used"])]
+    more = f" and {len(listed) - shown} more" if len(listed) > shown else ""
+    return (f"\n**Capped:** {len(capped)} cell(s) asked for more training images than their dataset gives and trained "
+            f"on all of them (train_size -> train_size_used): {'; '.join(listed[:shown])}{more}.")
+
+
 def metrics_csv(runs: Runs, out: Path) -> str:
     """Median, min, max over rows (seeds, or repeats' medians) of every metric per setting (the spec's axes less
     the seed, and the device model): the full table, as CSV."""
@@ -119,7 +133,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             parts.append(f"_Skipped: {why}._")
     parts += ["\n## Where the time went\n", time_table(runs),
               "\n## Failed, out-of-memory, timed-out, skipped and diverged cells\n", failure_table(runs),
-              "\n## All metrics\n", metrics_csv(runs, out)]
+              capped_cells(runs), "\n## All metrics\n", metrics_csv(runs, out)]
     runs.rows.drop(columns=["run_dir"]).to_csv(out / "results_combined.csv", index=False)
     report = out / "report.md"
     report.write_text("\n".join(parts) + "\n")

@@ -26,6 +26,10 @@ def reads_nothing(spec: CellSpec) -> CheckpointRef | None:
     return None
 
 
+def no_subset(spec: CellSpec) -> int | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Task:
     """A registry entry (bench/tasks/__init__.py): everything the suite, the runner and the executors need to know
@@ -38,6 +42,9 @@ class Task:
     run: Callable[[CellSpec, CellContext], list[dict]]
     help: str
     reads_checkpoint: Callable[[CellSpec], CheckpointRef | None] = reads_nothing
+    # the images a cell's train_size draws from, known without loading the data (a larger train_size gets them all);
+    # None: the task takes no training subset
+    train_pool: Callable[[CellSpec], int | None] = no_subset
     method_version: int = 1  # bump when a change alters what the task's numbers mean: compare refuses to pair them
 
 

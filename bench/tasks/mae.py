@@ -15,7 +15,7 @@ import torch
 
 from vit_impl import MaskedAutoencoder, config_from_variant
 
-from ..data import DeviceAugment, is_class_range, is_real, load_unlabeled
+from ..data import DeviceAugment, is_class_range, is_real, load_unlabeled, train_images
 from ..measure.flops import forward_flops
 from ..measure.phases import phase
 from ..models import model_family, vit_variant
@@ -31,6 +31,17 @@ check_mae_options = mapping_of({"mask_ratio": fraction, "decoder_depth": positiv
                                 "decoder_heads": positive_int, "norm_pix_loss": boolean}, "mae")
 HELD_OUT = 0.02
 N_FIGURE = 8
+
+
+def _held_out(n: int) -> int:
+    """Images of a split of n held out to measure the reconstruction loss: 2 %, at least 1, at most 1,000."""
+    return min(1000, max(1, int(HELD_OUT * n)))
+
+
+def train_pool(spec: CellSpec) -> int:
+    """The images a pretrain_mae cell's train_size draws from: its split less the held-out images."""
+    n = train_images(spec.dataset)
+    return n - _held_out(n)
 
 
 def check(spec: CellSpec) -> CellSpec:
@@ -84,7 +95,7 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     phase("setup")
     gen = torch.Generator(device=device).manual_seed(spec.seed)  # the held-out split, then training's draws
     order = torch.randperm(len(data.train.x), device=device, generator=gen)
-    n_held = min(1000, max(1, int(HELD_OUT * len(order))))
+    n_held = _held_out(len(order))
     held, train_idx = order[:n_held], order[n_held:]
     if spec.train_size is not None:
         train_idx = train_idx[: spec.train_size]
@@ -132,5 +143,6 @@ def _reconstructions(mae, spec: CellSpec, data, ctx: CellContext) -> str:
 
 
 TASKS = (Task("pretrain_mae", "accuracy", 0, check, run,
-              "masked-autoencoder pretraining on unlabeled images; saves the encoder for init: mae:<dataset>"),)
+              "masked-autoencoder pretraining on unlabeled images; saves the encoder for init: mae:<dataset>",
+              train_pool=train_pool),)
 AXIS_CHECKS = {"mae": check_mae_options}  # applied by the suite layer to the `mae` axis

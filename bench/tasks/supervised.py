@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import input_shape, is_real, load_train, normalise_dataset_name
+from ..data import input_shape, is_real, load_train, normalise_dataset_name, train_images
 from ..distributed import Ranks, launch
 from ..measure.flops import forward_flops
 from ..measure.phases import phase
@@ -25,8 +25,8 @@ from ..models import ModelInfo, build_model, load_weights, model_family
 from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
+from ..subsets import VAL_SIZE, cell_split, pool_size
 from ..training import divergence, final_test, recipe_column, recipe_for, save_checkpoint, train_classifier
-from ..subsets import cell_split
 from .common import CheckpointRef, Task, check_model_cell, reject
 
 
@@ -221,12 +221,19 @@ def run_ranks(spec: CellSpec, ctx: CellContext, ranks: Ranks) -> list[dict] | No
             maker.row("val_accuracy", result.best_val, n_repeats=1), *clock.rows(maker)]
 
 
+def train_pool(spec: CellSpec) -> int:
+    """The training images outside the fixed validation set (of the recipe's val_size), as cell_split draws them."""
+    return pool_size(train_images(spec.dataset), (spec.recipe or {}).get("val_size", VAL_SIZE))
+
+
 TASKS = (
-    Task("pretrain", "accuracy", 0, check, run, "train from scratch, keep the weights for finetune cells"),
-    Task("train_eval", "accuracy", 1, check, run, "train from scratch, test accuracy (data efficiency)"),
+    Task("pretrain", "accuracy", 0, check, run, "train from scratch, keep the weights for finetune cells",
+         train_pool=train_pool),
+    Task("train_eval", "accuracy", 1, check, run, "train from scratch, test accuracy (data efficiency)",
+         train_pool=train_pool),
     Task("finetune", "accuracy", 1, check, run, "fine-tune from init, test accuracy (transfer)",
-         reads_checkpoint=init_checkpoint),
+         reads_checkpoint=init_checkpoint, train_pool=train_pool),
     Task("linear_probe", "accuracy", 1, check, run, "linear head on a frozen encoder from init, test accuracy",
-         reads_checkpoint=init_checkpoint),
+         reads_checkpoint=init_checkpoint, train_pool=train_pool),
 )
 AXIS_CHECKS = {"init": normalise_init}  # applied by the suite layer to the `init` axis
