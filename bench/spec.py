@@ -1,9 +1,9 @@
 """The cell spec: one frozen, typed dataclass whose fields are the axes of a suite's grid.
 
-The dataclass is the table of axes: each field declares its default, its check and its help text, so adding
-an axis is one edit here. A spec is built once, at suite expansion, and flows unchanged to the cell process
-(as JSON) and into every result row (one column per field: the *requested* values; what actually ran is in
-the rows' effective columns, see bench/results.py).
+The dataclass is the table of axes: each field declares its default, its check and its help text; a new axis is
+this one edit, plus its name in the declaration of each task that reads it (bench/tasks/: reads). A spec is built
+once, at suite expansion, and flows unchanged to the cell process (as JSON) and into every result row (one column
+per field: the *requested* values; what actually ran is in the rows' effective columns, see bench/results.py).
 
 This module is the bottom of the package: it imports nothing of bench. Its checks are per value and know no
 registry; what a value may name (a model, a dataset, a task, a recipe key) is checked by the registry that owns

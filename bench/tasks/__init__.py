@@ -1,6 +1,7 @@
-"""The task registry: each task is a pure function `run(spec, ctx) -> rows` in its own module, with the cross-axis
-rules its cells must satisfy (`check`, used by the suite validator), how it shares a device (kind), when it runs
-(stage) and which checkpoints it writes or reads (bench/tasks/common.py: Task).
+"""The task registry: each task is a pure function `run(spec, ctx) -> rows` in its own module, with the axes it reads
+(`reads`, declared at the top of its module: every other axis must stay at its default), the cross-axis rules its
+cells must satisfy (`rules`; Task.check applies both, for the suite validator), how it shares a device (kind),
+when it runs (stage) and which checkpoints it writes or reads (bench/tasks/common.py: Task).
 
 AXIS_CHECKS gathers every registry's check of the values an axis may take (a model the model table can build, a
 dataset the dataset table knows, a task of this registry, ...); the suite layer applies them, so the cell spec

@@ -23,8 +23,9 @@ from ..paths import CellContext
 from ..precision import TORCH_DTYPES
 from ..results import RowMaker
 from ..spec import ATTENTION_BACKENDS, CellSpec, SpecError
-from .common import Task, reject
+from .common import Task, reads
 
+READS = reads("dtype", "attn_shape", attn_backend=ATTENTION_BACKENDS)  # no model: a kernel at a shape
 SDPA_KERNELS = {
     "sdpa_flash": SDPBackend.FLASH_ATTENTION,
     "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -39,10 +40,6 @@ class Unavailable(Exception):
 def check(spec: CellSpec) -> CellSpec:
     if spec.attn_shape is None:
         raise SpecError("task attention needs attn_shape: [batch, heads, seq_len, head_dim]")
-    if spec.attn_backend not in ATTENTION_BACKENDS:
-        raise SpecError(f"attn_backend for task attention must be one of {', '.join(ATTENTION_BACKENDS)}")
-    reject(spec, "model", "budget", "recipe", "init", "train_size", "compare_to", "mae", "pool", "nproc", "engine",
-           "calls")
     return spec
 
 
@@ -148,5 +145,5 @@ def _errors_vs_reference(out, grads, q, k, v, grad) -> tuple[float, float]:
     return out_error, grad_error
 
 
-TASKS = (Task("attention", "throughput", 1, check, run,
+TASKS = (Task("attention", "throughput", 1, READS, check, run,
               "one attention kernel at one (B, H, N, D) shape: fwd and fwd+bwd time, TFLOP/s, memory, error"),)

@@ -1,16 +1,47 @@
-"""What every task shares: its registry entry (Task), the checkpoint a task reads, out-of-memory detection, and
-the model-cell rules."""
+"""What every task shares: its registry entry (Task), the declaration of the axes it reads (Reads), the checkpoint a
+task reads, out-of-memory detection, and the model-cell rules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
 from ..models import attn_backends, vit_variant
 from ..paths import CellContext
-from ..spec import CellSpec, SpecError
+from ..spec import AXES, GRID_AXES, CellSpec, SpecError
+
+EVERY_TASK = ("task", "seed")  # the grid axes every task reads; the fields outside the grid are the suite's to set
+MODEL_CELL = ("model", "batch_size", "img_size", "dtype", "attn_backend", "dataset")  # a model on inputs of a shape
+
+
+@dataclass(frozen=True)
+class Reads:
+    """A task's declaration: the grid axes it reads (EVERY_TASK included), and for an axis whose values it
+    restricts to a fixed set, that set. Task.check refuses every other grid axis set to a value other than its
+    default, so an axis a task does not read is refused, never silently ignored."""
+
+    axes: frozenset[str]
+    values: Mapping[str, tuple[str, ...]]
+
+    def refuse_others(self, spec: CellSpec) -> None:
+        for name in GRID_AXES:
+            value = getattr(spec, name)
+            if name not in self.axes and value != AXES[name].default:
+                raise SpecError(f"{name} does not apply to task {spec.task} (got {spec.column_value(name)!r})")
+            if name in self.values and value not in self.values[name]:
+                raise SpecError(f"{name} for task {spec.task} must be one of {', '.join(self.values[name])}, got "
+                                f"{value!r}")
+
+
+def reads(*axes: str, **values: tuple[str, ...]) -> Reads:
+    """reads("model", ..., attn_backend=(...)): the axes a task reads besides EVERY_TASK, a keyword restricting its
+    axis to the values given. A name that is no grid axis fails at import, when the registry is built."""
+    unknown = sorted((set(axes) | set(values)) - set(GRID_AXES))
+    if unknown:
+        raise ValueError(f"not grid axes of the cell spec: {', '.join(unknown)}")
+    return Reads(frozenset((*EVERY_TASK, *axes, *values)), values)
 
 
 @dataclass(frozen=True)
@@ -38,7 +69,8 @@ class Task:
     name: str
     kind: str  # throughput (the device to itself) | accuracy (may share a device)
     stage: int  # cells of a lower stage run first (pretraining writes the checkpoints fine-tuning reads)
-    check: Callable[[CellSpec], CellSpec]  # cross-axis rules; returns the (normalised) spec or raises SpecError
+    reads: Reads  # the axes it reads; every other one stays at its default
+    rules: Callable[[CellSpec], CellSpec]  # cross-axis rules; returns the (normalised) spec or raises SpecError
     run: Callable[[CellSpec, CellContext], list[dict]]
     help: str
     reads_checkpoint: Callable[[CellSpec], CheckpointRef | None] = reads_nothing
@@ -46,6 +78,11 @@ class Task:
     # None: the task takes no training subset
     train_pool: Callable[[CellSpec], int | None] = no_subset
     method_version: int = 1  # bump when a change alters what the task's numbers mean: compare refuses to pair them
+
+    def check(self, spec: CellSpec) -> CellSpec:
+        """The spec as this task runs it (normalised), or SpecError: an axis it does not read, or a broken rule."""
+        self.reads.refuse_others(spec)
+        return self.rules(spec)
 
 
 def is_oom(err: BaseException) -> bool:
@@ -58,8 +95,6 @@ def check_model_cell(spec: CellSpec) -> CellSpec:
     apply: CNNs, timm's models); a ViT variant's patch divides the image size."""
     if spec.model is None:
         raise SpecError(f"task {spec.task} needs a model")
-    if spec.attn_shape is not None:
-        raise SpecError(f"attn_shape belongs to task attention, not {spec.task}")
     backends = attn_backends(spec.model)
     if not backends:
         spec = spec.replace(attn_backend="none")
@@ -75,11 +110,3 @@ def check_model_cell(spec: CellSpec) -> CellSpec:
         except ValueError as err:
             raise SpecError(str(err)) from None
     return spec
-
-
-def reject(spec: CellSpec, *axes: str) -> None:
-    """Axes that mean nothing for this task must stay at their defaults (never silently ignored)."""
-    for name in axes:
-        default = CellSpec.__dataclass_fields__[name].default
-        if getattr(spec, name) != default:
-            raise SpecError(f"{name} does not apply to task {spec.task} (got {spec.column_value(name)!r})")

@@ -19,17 +19,12 @@ from ..measure.phases import phase
 from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec
-from .common import Task, check_model_cell, reject
-from .throughput import (Prepared, check_pair, effective, engine_rows, other_requested, ratio_columns, sides,
+from .common import Task, reads
+from .throughput import (SYNTHETIC, Prepared, check, effective, engine_rows, other_requested, ratio_columns, sides,
                          side_label)
 
+READS = reads(*SYNTHETIC, "engine", "calls")
 BLOCK = 10  # calls per block of a paired cell
-
-
-def check(spec: CellSpec) -> CellSpec:
-    spec = check_model_cell(spec)
-    reject(spec, "budget", "recipe", "init", "train_size", "mae", "pool", "nproc", "compile")
-    return check_pair(spec)
 
 
 def _latency_rows(maker: RowMaker, samples: list[float], load, **override) -> list[dict]:
@@ -74,5 +69,5 @@ def _paired_rows(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared, sam
                         samples=list(np.round(ratios, 6)), **load.report.columns())]
 
 
-TASKS = (Task("latency", "throughput", 1, check, run,
+TASKS = (Task("latency", "throughput", 1, READS, check, run,
               "per-call latency (p50/p90/p99) at small batches in an engine: eager, compile, onnxruntime"),)

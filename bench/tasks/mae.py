@@ -24,8 +24,9 @@ from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError, boolean, fraction, mapping_of, positive_int
 from ..training import Objective, loss_rose, recipe_column, recipe_for, save_checkpoint, train
-from .common import Task, check_model_cell, reject
+from .common import MODEL_CELL, Task, check_model_cell, reads
 
+READS = reads(*MODEL_CELL, "train_size", "budget", "recipe", "mae")  # from scratch, one process, uncompiled
 MAE_DEFAULTS = {"mask_ratio": 0.75, "decoder_depth": 2, "decoder_dim": 128, "decoder_heads": 4, "norm_pix_loss": True}
 check_mae_options = mapping_of({"mask_ratio": fraction, "decoder_depth": positive_int, "decoder_dim": positive_int,
                                 "decoder_heads": positive_int, "norm_pix_loss": boolean}, "mae")
@@ -54,7 +55,6 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError("task pretrain_mae needs a budget: {epochs: N} or {seconds: S} / {train_flops: F}")
     if spec.budget.patience is not None:
         raise SpecError("pretrain_mae keeps its final weights: a budget without patience")
-    reject(spec, "compare_to", "init", "pool", "compile", "nproc", "engine", "calls")
     options = {**MAE_DEFAULTS, **(spec.mae or {})}
     cfg = config_from_variant(vit_variant(spec.model), img_size=spec.img_size)
     if int(cfg.num_patches * (1 - options["mask_ratio"])) < 1:
@@ -142,7 +142,7 @@ def _reconstructions(mae, spec: CellSpec, data, ctx: CellContext) -> str:
     return ctx.paths.relative(path)
 
 
-TASKS = (Task("pretrain_mae", "accuracy", 0, check, run,
+TASKS = (Task("pretrain_mae", "accuracy", 0, READS, check, run,
               "masked-autoencoder pretraining on unlabeled images; saves the encoder for init: mae:<dataset>",
               train_pool=train_pool),)
 AXIS_CHECKS = {"mae": check_mae_options}  # applied by the suite layer to the `mae` axis

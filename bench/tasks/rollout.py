@@ -14,8 +14,9 @@ from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
 from ..training import save_checkpoint
-from .common import CheckpointRef, Task, check_model_cell, reject
+from .common import CheckpointRef, Task, check_model_cell, reads
 
+READS = reads("model", "img_size", "dataset")  # the pretrain cell it reads; one fp32 pass of six images
 N_IMAGES = 6
 
 
@@ -25,7 +26,6 @@ def check(spec: CellSpec) -> CellSpec:
         raise SpecError("task rollout needs a native ViT (vit:<variant>): it reads every layer's attention")
     if spec.dataset == "synthetic":
         raise SpecError("task rollout shows a trained model on real test images; give the pretrain cell's dataset")
-    reject(spec, "budget", "recipe", "init", "compare_to", "train_size", "mae", "pool", "nproc", "engine", "calls")
     return spec
 
 
@@ -69,6 +69,6 @@ def pretrain_checkpoint(spec: CellSpec) -> CheckpointRef:
     return CheckpointRef("pretrain", spec.dataset)
 
 
-TASKS = (Task("rollout", "accuracy", 2, check, run,
+TASKS = (Task("rollout", "accuracy", 2, READS, check, run,
               "attention rollout figure of a pretrain cell's ViT (artifacts/<cell_id>/)",
               reads_checkpoint=pretrain_checkpoint),)

@@ -27,7 +27,9 @@ from ..results import RowMaker
 from ..spec import CellSpec, SpecError
 from ..subsets import VAL_SIZE, cell_split, pool_size
 from ..training import divergence, final_test, recipe_column, recipe_for, save_checkpoint, train_classifier
-from .common import CheckpointRef, Task, check_model_cell, reject
+from .common import MODEL_CELL, CheckpointRef, Reads, Task, check_model_cell, reads
+
+TRAINING = (*MODEL_CELL, "compile", "train_size", "budget", "recipe", "nproc")  # what every training task reads
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,11 @@ class Start:
     probe: bool  # a linear head on the frozen encoder
     phase: str  # the recipe phase (bench/training.py: RECIPES)
     keeps_weights: bool = False  # checkpoints/<cell_id>.pt, for the cells that read it
+
+    @property
+    def reads(self) -> Reads:
+        """TRAINING, with init where the weights start from one and pool for a probe."""
+        return reads(*TRAINING, *(["init"] if self.from_init else []), *(["pool"] if self.probe else []))
 
 
 STARTS = {"train_eval": Start(False, False, "scratch"), "pretrain": Start(False, False, "scratch", keeps_weights=True),
@@ -72,7 +79,6 @@ def init_checkpoint(spec: CellSpec) -> CheckpointRef | None:
 def check_training(spec: CellSpec) -> CellSpec:
     """What every training task needs: a model, a real dataset, a budget."""
     spec = check_model_cell(spec)
-    reject(spec, "compare_to", "engine", "calls")
     if not is_real(spec.dataset):
         raise SpecError(f"task {spec.task} measures accuracy and needs a real dataset; synthetic data is for "
                         "throughput and memory only")
@@ -87,12 +93,8 @@ def check_training(spec: CellSpec) -> CellSpec:
 
 def check(spec: CellSpec) -> CellSpec:
     spec = check_training(spec)
-    start = STARTS[spec.task]
-    reject(spec, "mae", *(() if start.probe else ("pool",)))
-    if start.from_init and spec.init is None:
+    if STARTS[spec.task].from_init and spec.init is None:
         raise SpecError(f"task {spec.task} needs init: the pretrain dataset, mae:<dataset>, timm or file:<path>")
-    if not start.from_init and spec.init is not None:
-        raise SpecError(f"task {spec.task} takes no init")
     family = model_family(spec.model)
     if spec.init == "timm" and not family.timm_weights:
         raise SpecError("init: timm needs a timm:<name> model (timm's pretrained weights)")
@@ -227,13 +229,14 @@ def train_pool(spec: CellSpec) -> int:
 
 
 TASKS = (
-    Task("pretrain", "accuracy", 0, check, run, "train from scratch, keep the weights for finetune cells",
+    Task("pretrain", "accuracy", 0, STARTS["pretrain"].reads, check, run,
+         "train from scratch, keep the weights for finetune cells", train_pool=train_pool),
+    Task("train_eval", "accuracy", 1, STARTS["train_eval"].reads, check, run,
+         "train from scratch, test accuracy (data efficiency)", train_pool=train_pool),
+    Task("finetune", "accuracy", 1, STARTS["finetune"].reads, check, run,
+         "fine-tune from init, test accuracy (transfer)", reads_checkpoint=init_checkpoint, train_pool=train_pool),
+    Task("linear_probe", "accuracy", 1, STARTS["linear_probe"].reads, check, run,
+         "linear head on a frozen encoder from init, test accuracy", reads_checkpoint=init_checkpoint,
          train_pool=train_pool),
-    Task("train_eval", "accuracy", 1, check, run, "train from scratch, test accuracy (data efficiency)",
-         train_pool=train_pool),
-    Task("finetune", "accuracy", 1, check, run, "fine-tune from init, test accuracy (transfer)",
-         reads_checkpoint=init_checkpoint, train_pool=train_pool),
-    Task("linear_probe", "accuracy", 1, check, run, "linear head on a frozen encoder from init, test accuracy",
-         reads_checkpoint=init_checkpoint, train_pool=train_pool),
 )
 AXIS_CHECKS = {"init": normalise_init}  # applied by the suite layer to the `init` axis

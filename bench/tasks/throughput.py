@@ -33,21 +33,20 @@ from ..paths import CellContext
 from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
-from .common import Task, check_model_cell, reject
+from .common import MODEL_CELL, Task, check_model_cell, reads
 
 if TYPE_CHECKING:  # bench.stats imports scipy, whose BLAS starts a thread: never in the warm parent (PRELOAD)
     from ..stats import Interval
 
+SYNTHETIC = (*MODEL_CELL, "in_chans", "num_classes", "compare_to")  # a model timed on synthetic inputs, or paired
+INFER = reads(*SYNTHETIC, "engine")  # inference compiles with engine: compile
+TRAIN = reads(*SYNTHETIC, "compile")
+
 
 def check(spec: CellSpec) -> CellSpec:
+    """A model cell (common.check_model_cell); compare_to names a side that is a valid cell of its own and differs
+    from this one."""
     spec = check_model_cell(spec)
-    reject(spec, "budget", "recipe", "init", "train_size", "mae", "pool", "nproc", "calls")
-    reject(spec, "engine" if spec.task == "train" else "compile")  # inference compiles with engine: compile
-    return check_pair(spec)
-
-
-def check_pair(spec: CellSpec) -> CellSpec:
-    """compare_to names a side that is a valid cell of its own and differs from this one."""
     if spec.compare_to:
         try:
             other = check_model_cell(other_side(spec))
@@ -251,6 +250,6 @@ def run_paired(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared) -> li
 
 
 TASKS = (
-    Task("infer", "throughput", 1, check, run, "inference throughput, memory, FLOPs (synthetic inputs)"),
-    Task("train", "throughput", 1, check, run, "training-step throughput, memory, FLOPs (synthetic inputs)"),
+    Task("infer", "throughput", 1, INFER, check, run, "inference throughput, memory, FLOPs (synthetic inputs)"),
+    Task("train", "throughput", 1, TRAIN, check, run, "training-step throughput, memory, FLOPs (synthetic inputs)"),
 )
