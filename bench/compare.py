@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import METRICS, STATUSES, read_records, rows_frame, setting_columns
+from .results import METRICS, STATUSES, read_records, rows_frame, setting_columns, without_impossible
 from .stats import difference_interval
 
 
@@ -59,14 +59,15 @@ def parse_thresholds(text: str) -> dict[str | None, float]:
 class Comparison:
     table: pd.DataFrame  # one row per matched (setting, metric), plus one per setting whose status changed
     failures: pd.DataFrame  # the rows beyond --fail-above, and the settings that stopped being ok
+    excluded: list[str]  # rows of either run left out: values no measurement can have (results.without_impossible)
 
 
-def _frame(run: Path) -> pd.DataFrame:
+def _frame(run: Path) -> tuple[pd.DataFrame, list[str]]:
     records = read_records(run)
-    frame = rows_frame([row for record in records for row in record.rows])
+    frame, excluded = without_impossible(rows_frame([row for record in records for row in record.rows]), run)
     keys = [*setting_columns(), "paired_with"]
     frame[keys] = frame[keys].astype(object).where(frame[keys].notna(), "")
-    return frame
+    return frame, excluded
 
 
 def _statuses(frame: pd.DataFrame) -> pd.Series:
@@ -112,7 +113,7 @@ def _status_change(a: str, b: str) -> str:
 
 def compare(run_a: Path, run_b: Path, fail_above: dict[str | None, float] | None = None,
             allow_different_devices: bool = False, metrics: list[str] | None = None) -> Comparison:
-    a, b = _frame(Path(run_a)), _frame(Path(run_b))
+    (a, excluded_a), (b, excluded_b) = _frame(Path(run_a)), _frame(Path(run_b))
     devices = [set(f["device_name"].dropna()) for f in (a, b)]
     if devices[0] != devices[1] and not allow_different_devices:
         raise CompareError(f"{run_a} ran on {sorted(devices[0]) or '?'}, {run_b} on {sorted(devices[1]) or '?'}: "
@@ -144,7 +145,7 @@ def compare(run_a: Path, run_b: Path, fail_above: dict[str | None, float] | None
         limit = table["metric"].map(lambda m: fail_above.get(m, fail_above.get(None, math.inf)))
         too_slow = (table["verdict"] == "regression") & (table["worse_by"] > limit)
         failures = table[too_slow | table["verdict"].str.startswith("regression (")]
-    return Comparison(table, failures)
+    return Comparison(table, failures, excluded_a + excluded_b)
 
 
 def _what(t: pd.DataFrame) -> pd.Series:
@@ -156,8 +157,11 @@ def _what(t: pd.DataFrame) -> pd.Series:
 
 def format_table(comparison: Comparison, limit: int = 60) -> str:
     t = comparison.table
+    excluded = comparison.excluded
+    left_out = (f"\nleft out: {len(excluded)} value(s) no measurement can have: {'; '.join(excluded[:5])}"
+                + (f"; ... {len(excluded) - 5} more" if len(excluded) > 5 else "")) if excluded else ""
     if t.empty:
-        return "no settings or metrics in either run"
+        return "no settings or metrics in either run" + left_out
     number = lambda v: "" if pd.isna(v) else f"{v:.4g}"  # noqa: E731
     noise = lambda lo, hi: "" if pd.isna(lo) else f"[{lo:.4g}, {hi:.4g}]"  # noqa: E731
     shown = pd.DataFrame({
@@ -170,7 +174,7 @@ def format_table(comparison: Comparison, limit: int = 60) -> str:
     if len(shown) > limit:
         text += f"\n... {len(shown) - limit} more (--out writes them all)"
     counts = t["verdict"].str.replace(r" \(.*", "", regex=True).value_counts()
-    text += "\n\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({len(t)} rows)"
+    text += "\n\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" ({len(t)} rows)" + left_out
     failures = comparison.failures
     if len(failures):
         text += (f"\nFAIL: {len(failures)} regression(s) beyond the threshold or settings no longer ok: "

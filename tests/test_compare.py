@@ -149,3 +149,24 @@ def test_compare_keys_are_every_axis_of_the_spec(tmp_path):
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert len(metrics[(metrics["metric"] == "throughput") & (metrics["model"] == record.spec.model)
                        & (metrics["task"] == "train")]) == 2
+
+
+def test_values_no_measurement_can_have_are_left_out_and_said(tmp_path):
+    """A NaN accuracy (one seed) or one above 1 never enters a verdict: left out, each named by its cell file."""
+    run = fixture_run(tmp_path, ["data_efficiency"], "cpu")
+    records = [r for r in read_records(run) if r.spec.model == "resnet9" and r.spec.train_size == 1000]
+    victims = {records[0].spec.cell_id: float("nan"), records[1].spec.cell_id: 1.3}
+
+    def spoil(record):
+        for row in record.rows:
+            if row["metric"] == "accuracy" and row["cell_id"] in victims:
+                row["value"] = victims[row["cell_id"]]
+        return record
+
+    spoilt = rewritten(run, tmp_path / "spoilt", spoil)
+    proc = bench("compare", run, spoilt, "--out", tmp_path / "cmp.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "nan" not in pd.read_csv(tmp_path / "cmp.csv")["value_b"].astype(str).tolist()
+    said = proc.stdout[proc.stdout.index("left out"):]
+    assert "2 value(s) no measurement can have" in said and "accuracy 1.3 (valid 0 to 1)" in said
+    assert all(f"{spoilt}/cells/{cell}.json" in said for cell in victims)

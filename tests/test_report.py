@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import brentq
 
 from bench import report as report_mod
-from bench.paths import CellContext
+from bench.paths import CellContext, RunPaths
 from bench.report import style as style_mod
 from bench.report.answer import answer as answer_of
 from bench.results import CellRecord, RowMaker
@@ -217,3 +217,25 @@ def test_the_report_never_prints_an_interval_of_zero_width(tmp_path):
     assert len(brackets) > 20 and all(low != high for low, high in brackets), \
         [b for b in brackets if b[0] == b[1]]
     assert "every seed gave 85.0: no spread to go on" in report
+
+
+def test_values_no_measurement_can_have_are_left_out_and_listed(tmp_path):
+    """An accuracy of NaN (written as NaN or as null) or above 1 is no measurement: the answer never prints it nor
+    pools it into a mean or a difference, and the failure region names each such value's cell file."""
+    records = (accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.80, (1000,))
+               + accuracy_records(tmp_path, "resnet20", lambda n: 0.85, (1000,), rng=np.random.default_rng(7)))
+    impossible = {0: math.nan, 1: None, 3: 1.107}  # vit seeds 0 (NaN) and 1 (null), resnet20 seed 0 (110.7 %)
+    for i, value in impossible.items():
+        records[i].rows[0]["value"] = value
+    run = write_run(tmp_path / "run", records)
+    cell_file = RunPaths(run).cell_record(records[0].spec.cell_id)
+    cell_file.write_text(cell_file.read_text().replace('"value": null', '"value": NaN'))  # a literal NaN
+    runs = report_mod.load([run], tmp_path)
+    answer = answer_of(runs)
+    assert "nan" not in answer.lower() and "110.7" not in answer and "| 1,000 |" in answer
+    # the seeds that are measurements, and only they
+    assert "`resnet20` fp32: 85.0 % (n=2: " in answer and "`vit:Ti/4` fp32: 80.1 % (n=1;" in answer
+    failures = report_mod.failure_table(runs)
+    for i in impossible:
+        assert str(RunPaths(run).cell_record(records[i].spec.cell_id)) in failures
+    assert "accuracy nan" in failures and "accuracy 1.107" in failures and "valid 0 to 1" in failures

@@ -66,10 +66,15 @@ def _varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 
 
 def failure_table(runs: Runs) -> str:
+    """The cells that failed, were skipped or diverged; then the values left out as no measurement."""
+    excluded = "".join(f"\n- `{line}`" for line in runs.excluded)
+    if excluded:
+        excluded = ("\n\nLeft out everywhere in this report, as values no measurement can have (each metric's valid "
+                    f"range: bench/results.py):{excluded}")
     rows = runs.rows
     bad = rows[(rows["status"] != "ok") | flagged(rows["diverged"])].drop_duplicates("cell_id").copy()
     if bad.empty:
-        return "_None: every cell finished ok._"
+        return "_None: every cell finished ok._" + excluded
     mark = flagged(bad["diverged"])
     bad.loc[mark, "error"] = bad.loc[mark, "diverged"]
     bad.loc[mark, "status"] = "ok, diverged"
@@ -77,7 +82,7 @@ def failure_table(runs: Runs) -> str:
             "status", "error"]
     bad = bad[cols].astype(object).fillna("")
     bad["error"] = bad["error"].astype(str).str.slice(0, 140)
-    return bad.to_markdown(index=False)
+    return bad.to_markdown(index=False) + excluded
 
 
 def metrics_csv(runs: Runs, out: Path) -> str:
@@ -118,7 +123,8 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         except Skip as why:
             parts.append(f"_Skipped: {why}._")
     parts += ["\n## Where the time went\n", time_table(runs),
-              "\n## Failed, out-of-memory, timed-out, skipped and diverged cells\n", failure_table(runs),
+              "\n## Failed, out-of-memory, timed-out, skipped and diverged cells, impossible values\n",
+              failure_table(runs),
               "\n## All metrics\n", metrics_csv(runs, out)]
     runs.rows.drop(columns=["run_dir"]).to_csv(out / "results_combined.csv", index=False)
     report = out / "report.md"

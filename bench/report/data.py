@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..data import is_class_range
 from ..paths import RunPaths
-from ..results import read_records, records_frame, setting_columns
+from ..results import read_records, records_frame, setting_columns, without_impossible
 from ..spec import Budget
 from ..stats import Interval, mean_interval, median_interval
 
@@ -28,6 +28,7 @@ class Runs:
     curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns
     envs: dict[Path, dict]  # each run's env.json
     out: Path
+    excluded: list[str]  # one line per row left out: a value no measurement can have (results.without_impossible)
 
     @property
     def run_dirs(self) -> list[Path]:
@@ -51,11 +52,11 @@ def route(task: str, init: str | None) -> str:
 
 
 def load(run_dirs: list[Path], out: Path) -> Runs:
-    frames, envs = [], {}
+    frames, envs, excluded = [], {}, []
     for run_dir in run_dirs:
-        frame = records_frame(read_records(run_dir))
-        frame["run_dir"] = str(run_dir)
-        frames.append(frame)
+        frame, said = without_impossible(records_frame(read_records(run_dir)), run_dir)
+        frames.append(frame.assign(run_dir=str(run_dir)))
+        excluded += said
         env_path = RunPaths(run_dir).env_json
         envs[run_dir] = json.loads(env_path.read_text()) if env_path.exists() else {}
     rows = pd.concat(frames, ignore_index=True)
@@ -65,7 +66,7 @@ def load(run_dirs: list[Path], out: Path) -> Runs:
     rows["route_text"] = [ROUTE_TEXT[r].format(init=i) for r, i in zip(rows["route"], rows["init"])]
     rows["class_subset"] = [isinstance(d, str) and d != "synthetic" and is_class_range(d) for d in rows["dataset"]]
     rows = one_rule_per_protocol(rows)
-    return Runs(rows, _curves(rows, run_dirs), envs, out)
+    return Runs(rows, _curves(rows, run_dirs), envs, out, excluded)
 
 
 def one_rule_per_protocol(rows: pd.DataFrame) -> pd.DataFrame:
