@@ -317,6 +317,11 @@ def setting_columns(pooled: tuple[str, ...] = ("seed", "init_cell")) -> list[str
     return [name for name, f in AXES.items() if f.metadata["identity"] and name not in pooled]
 
 
+def flagged(column: pd.Series) -> pd.Series:
+    """Rows whose text flag (diverged, noisy) says something ('' and missing say nothing)."""
+    return column.notna() & (column.astype(str) != "")
+
+
 TYPED_AXES = ("budget", "attn_shape", "study")  # axes whose CSV text form is a flattening of a typed value
 
 

@@ -172,3 +172,34 @@ def test_values_no_measurement_can_have_are_left_out_and_said(tmp_path):
     said = proc.stdout[proc.stdout.index("left out"):]
     assert "2 value(s) no measurement can have" in said and "accuracy 1.3 (valid 0 to 1)" in said
     assert all(f"{spoilt}/cells/{cell}.json" in said for cell in victims)
+
+
+def test_rows_with_a_noisy_side_say_so_and_stay_out_of_the_verdict_unless_asked(tmp_path):
+    """B ran on a busy machine (every timing flagged) and 20 % slower: each such row says which side is noisy, the
+    output ends with their count, --fail-above leaves them out unless --include-noisy; the comparison is typed."""
+    run = fixture_run(tmp_path, ["scaling"], "cuda")
+
+    def busy(record):
+        for row in record.rows:
+            if row["metric"] in ("throughput", "throughput_ratio"):
+                row["noisy"] = "busy: other processes used 45% of the CPU"
+        return record
+
+    noisy = rewritten(slowed(run, tmp_path / "slow", 1.2), tmp_path / "busy", busy)
+    proc = bench("compare", run, noisy, "--fail-above", "1.1", "--out", tmp_path / "cmp.csv")
+    assert proc.returncode == 0, proc.stdout  # every regression is on a noisy row
+    rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines() if "| throughput " in line]
+    assert rows and all(cells[-3:-1] == ["regression", "B"] for cells in rows), rows[:2]
+    table = pd.read_csv(tmp_path / "cmp.csv")
+    timed = table["metric"].isin(["throughput", "throughput_ratio"])
+    assert (table.loc[timed, "noisy"] == "B").all() and table.loc[~timed, "noisy"].isna().all()
+    assert proc.stdout.splitlines()[-2].startswith(f"{timed.sum()} row(s) compare noisy side(s) (busy machine or")
+    counted = bench("compare", run, noisy, "--fail-above", "1.1", "--include-noisy")
+    assert counted.returncode == 1 and "FAIL:" in counted.stdout
+
+    from bench.compare import compare
+
+    result = compare(run, noisy, fail_above={None: 1.1})
+    change = result.table.loc[result.table["metric"] == "throughput", "change"].iloc[0]
+    assert change.significant and change.direction == "worse" and change.noisy == ("B",)
+    assert change.interval.high < 1 and result.failures.empty

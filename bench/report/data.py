@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..data import is_class_range
 from ..paths import RunPaths
-from ..results import read_records, records_frame, setting_columns, without_impossible
+from ..results import flagged, read_records, records_frame, setting_columns, without_impossible
 from ..spec import Budget
 from ..stats import Interval, mean_interval, median_interval
 
@@ -100,11 +100,6 @@ def _curves(rows: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
     columns = ["label", "family", "impl", "task", "route", "route_text", "subset", "seed", "protocol", "budget",
                "device", "dataset", "converged"]
     return pd.DataFrame(points).join(cells[columns], on="cell_id")
-
-
-def flagged(column: pd.Series) -> pd.Series:
-    """Rows whose text flag (diverged, noisy) says something ('' and missing say nothing)."""
-    return column.notna() & (column.astype(str) != "")
 
 
 def ok_metric(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
