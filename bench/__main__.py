@@ -67,7 +67,7 @@ def _gpu_list(text: str) -> list[str]:
 
 def _cmd_run(args) -> int:
     from .paths import RunPaths
-    from .runner import default_run_dir, run_suite, summary_table, time_summary
+    from .runner import default_run_dir, noisy_warning, run_suite, summary_table, time_summary
     from .suite import load_suite
 
     out = Output()
@@ -100,8 +100,7 @@ def _cmd_run(args) -> int:
     out(time_summary(summary.rows))
     out(f"\n{summary.ran} cells run, {summary.skipped} already done, {summary.failed} failed (recorded as rows)")
     if summary.noisy:
-        out(f"warning: {len(summary.noisy)} cell(s) with suspicious timings (see the noisy column): "
-            + "; ".join(summary.noisy))
+        out(noisy_warning(summary.noisy, len({row["cell_id"] for row in summary.rows}), run_dir))
     paths = RunPaths(run_dir)
     out(f"results: {paths.results_csv}\nenvironment: {paths.env_json}")
     if args.report:
