@@ -239,3 +239,33 @@ def test_values_no_measurement_can_have_are_left_out_and_listed(tmp_path):
     for i in impossible:
         assert str(RunPaths(run).cell_record(records[i].spec.cell_id)) in failures
     assert "accuracy nan" in failures and "accuracy 1.107" in failures and "valid 0 to 1" in failures
+
+
+def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_across_run_dirs(tmp_path, saved):
+    """The same cells (same ids) run on two CPU models: each section and table keeps the two apart as the Answer
+    does (a figure, a crossover statement, a time-table row and a failure row each), never one pooled line."""
+    runs_of = {}
+    for name, shift in (("Intel Xeon 8375C", 0.0), ("AMD EPYC 7B13", -0.10)):
+        records = (accuracy_records(tmp_path, "vit:Ti/4", lambda n, s=shift: 0.70 + s + n / 1e5, (500, 1000))
+                   + accuracy_records(tmp_path, "resnet20", lambda n: 0.85 + n / 1e5, (500, 1000)))
+        spec = CellSpec(model="vit:S/4", task="train", batch_size=4096, img_size=28)
+        records.append(CellRecord(spec, [RowMaker(spec, CellContext("t", "r", tmp_path)).failure("oom", "OOM")]))
+        for record in records:
+            for row in record.rows:
+                row.update(device_name=name, cell_wall_s=10.0, train_s=8.0)
+        runs_of[name] = write_run(tmp_path / name.split()[0].lower(), records)
+    runs = report_mod.load(list(runs_of.values()), tmp_path / "report")
+    (tmp_path / "report").mkdir()
+    answer = answer_of(runs)
+    assert "### On cpu (Intel Xeon 8375C)" in answer and "### On cpu (AMD EPYC 7B13)" in answer
+    report_mod.figures.data_efficiency(runs)
+    assert {"data_efficiency_converged_cpu-intel-xeon-8375c.png",
+            "data_efficiency_converged_cpu-amd-epyc-7b13.png"} <= set(saved)
+    assert "](data_efficiency_converged_cpu-amd-epyc-7b13.png)" in answer
+    statements = report_mod.figures.crossover_statements(runs)
+    assert len(statements) == 2 and all("CNN leads by" in s for s in statements)
+    assert {s.split(", ")[0] for s in statements} == {"fashion-mnist on cpu-intel-xeon-8375c",
+                                                      "fashion-mnist on cpu-amd-epyc-7b13"}
+    times = report_mod.time_table(runs)
+    assert len(re.findall(r"\| +13 \| +130\.0 \|", times)) == 2, times  # each run dir's 13 cells, ids alike
+    assert report_mod.failure_table(runs).count("| oom ") == 2
