@@ -3,6 +3,7 @@ and forecasts; figures by study tag (a GPU-shaped fixture draws every figure of 
 mixed, deployment latency, where the time went."""
 
 
+import json
 import math
 import re
 
@@ -254,6 +255,10 @@ def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_acros
             for row in record.rows:
                 row.update(device_name=name, cell_wall_s=10.0, train_s=8.0)
         runs_of[name] = write_run(tmp_path / name.split()[0].lower(), records)
+        curve = RunPaths(runs_of[name]).curve(records[0].spec.cell_id)  # one training curve, the same id in each
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        curve.write_text(json.dumps({"curve": [{"epoch": e, "images_seen": 500 * e, "train_loss": 1 / e + shift,
+                                                "val_accuracy": 0.5 + e / 20} for e in (1, 2, 3)]}))
     runs = report_mod.load(list(runs_of.values()), tmp_path / "report")
     (tmp_path / "report").mkdir()
     answer = answer_of(runs)
@@ -266,6 +271,10 @@ def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_acros
     assert len(statements) == 2 and all("CNN leads by" in s for s in statements)
     assert {s.split(", ")[0] for s in statements} == {"fashion-mnist on cpu-intel-xeon-8375c",
                                                       "fashion-mnist on cpu-amd-epyc-7b13"}
+    assert runs.curves.groupby("machine")["curve"].nunique().to_dict() == {"cpu-amd-epyc-7b13": 1,
+                                                                           "cpu-intel-xeon-8375c": 1}
+    report_mod.figures.training_curves(runs)
+    assert "curves_converged_cpu-amd-epyc-7b13_epochs.png" in saved
     times = report_mod.time_table(runs)
     assert len(re.findall(r"\| +13 \| +130\.0 \|", times)) == 2, times  # each run dir's 13 cells, ids alike
     assert report_mod.failure_table(runs).count("| oom ") == 2

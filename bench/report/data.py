@@ -25,7 +25,8 @@ DEFAULT_BACKENDS = ("sdpa", "triton", "none")  # a model's usual attention ("non
 @dataclass(eq=False)  # hashable by identity: what is computed from it is cached per report
 class Runs:
     rows: pd.DataFrame  # every row of every run, with run_dir, machine, label, subset, route, route_text added
-    curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns
+    curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns; `curve` (its
+    # file) tells the curves apart, a cell id repeating across run dirs
     envs: dict[Path, dict]  # each run's env.json
     out: Path
     excluded: list[str]  # one line per row left out: a value no measurement can have (results.without_impossible)
@@ -104,7 +105,7 @@ def _curves(rows: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
     for run_dir in run_dirs:
         for path in sorted(RunPaths(run_dir).curves_dir.glob("*.json")):
             if (str(run_dir), path.stem) in cells.index:
-                points += [{"run_dir": str(run_dir), "cell_id": path.stem, **point}
+                points += [{"run_dir": str(run_dir), "cell_id": path.stem, "curve": str(path), **point}
                            for point in json.loads(path.read_text())["curve"]]
     if not points:
         return pd.DataFrame()

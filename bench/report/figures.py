@@ -279,7 +279,7 @@ def training_curves(runs: Runs) -> str:
                 for row, (metric, ylabel) in enumerate((("train_loss", "training loss"),
                                                         ("val_accuracy", "validation accuracy"))):
                     ax = axes[row][col]
-                    sns.lineplot(data=points, x=x, y=metric, units="cell_id", estimator=None, ax=ax,
+                    sns.lineplot(data=points, x=x, y=metric, units="curve", estimator=None, ax=ax,
                                  legend=row == 0 and col == 0, **{**style_of(points), "style": "route_text",
                                                                   "markers": False, "style_order": None})
                     ax.set(xlabel=xlabel if row else "", ylabel=ylabel if col == 0 else "",
@@ -295,9 +295,9 @@ def training_curves(runs: Runs) -> str:
     mae = curves[curves["task"] == "pretrain_mae"]
     if not mae.empty:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        sns.lineplot(data=mae.melt(id_vars=["images_seen", "cell_id", "label"], value_vars=["train_loss",
+        sns.lineplot(data=mae.melt(id_vars=["images_seen", "curve", "label"], value_vars=["train_loss",
                                                                                              "recon_loss"]),
-                     x="images_seen", y="value", hue="variable", units="cell_id", estimator=None, ax=ax)
+                     x="images_seen", y="value", hue="variable", units="curve", estimator=None, ax=ax)
         ax.set(xscale="log", xlabel="images seen (log)", ylabel="reconstruction loss (masked patches, MSE)")
         fig.suptitle("MAE pretraining: training and held-out reconstruction loss")
         parts.append(save(fig, runs.out, "curves_mae.png", "Held-out loss: the same masks on 2% of the unlabeled "
