@@ -251,6 +251,10 @@ def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_acros
                    + accuracy_records(tmp_path, "resnet20", lambda n: 0.85 + n / 1e5, (500, 1000)))
         spec = CellSpec(model="vit:S/4", task="train", batch_size=4096, img_size=28)
         records.append(CellRecord(spec, [RowMaker(spec, CellContext("t", "r", tmp_path)).failure("oom", "OOM")]))
+        for model in ("vit:Ti/4", "resnet20"):  # inference throughput: a Pareto figure per machine
+            spec = CellSpec(model=model, task="infer", batch_size=64, img_size=28)
+            maker = RowMaker(spec, CellContext("t", "r", tmp_path), **info_of(spec))
+            records.append(CellRecord(spec, [maker.row("throughput", 900.0 + 100 * shift)]))
         for record in records:
             for row in record.rows:
                 row.update(device_name=name, cell_wall_s=10.0, train_s=8.0)
@@ -275,6 +279,8 @@ def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_acros
                                                                            "cpu-intel-xeon-8375c": 1}
     report_mod.figures.training_curves(runs)
     assert "curves_converged_cpu-amd-epyc-7b13_epochs.png" in saved
+    report_mod.figures.pareto(runs)
+    assert {"pareto_cpu-intel-xeon-8375c.png", "pareto_cpu-amd-epyc-7b13.png"} <= set(saved)
     times = report_mod.time_table(runs)
-    assert len(re.findall(r"\| +13 \| +130\.0 \|", times)) == 2, times  # each run dir's 13 cells, ids alike
+    assert len(re.findall(r"\| +15 \| +150\.0 \|", times)) == 2, times  # each run dir's 15 cells, ids alike
     assert report_mod.failure_table(runs).count("| oom ") == 2

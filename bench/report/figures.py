@@ -411,34 +411,34 @@ def paired_table(runs: Runs) -> str:
 
 
 def pareto(runs: Runs) -> str:
+    """Per device model: accuracy at the largest size against inference throughput (the budget with most models)."""
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     thr = unpaired(ok_metric(runs.rows, "throughput", task="infer"))
-    thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
-    if summary.empty or thr.empty:
-        raise Skip("needs accuracy (data_efficiency) and inference throughput (scaling) from the same device")
-    largest = summary[summary["subset"] == summary.groupby(["protocol", "budget"])["subset"].transform("max")]
-    # one protocol and budget per figure: the one with the most models at its largest size
-    choice = largest.groupby(["machine", "protocol", "budget"])["label"].nunique().idxmax()
-    acc = largest.set_index(["machine", "protocol", "budget"]).loc[[choice]].reset_index()
-    speed = thr.groupby(["machine", "label"], as_index=False)["value"].max()
-    both = acc.merge(speed, on=["machine", "label"])
-    if both.empty:
-        raise Skip("no model has both an accuracy and an inference throughput on one device")
-    both = both.sort_values("value", ascending=False)
-    both["front"] = both["mean"] >= both["mean"].cummax()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=both, x="value", y="mean", s=90, ax=ax, **style_of(both))
-    front = both[both["front"]]
-    ax.plot(front["value"], front["mean"], "--", color="grey", label="Pareto front")
-    for _, r in both.iterrows():
-        ax.annotate(r["label"], (r["value"], r["mean"]), fontsize=8, xytext=(4, 2), textcoords="offset points")
-    ax.set(xscale="log", xlabel="inference throughput (images/s, log; scaling suite, largest batch measured)",
-           ylabel=f"test accuracy (%) at {int(acc['subset'].max()):,} images")
-    ax.legend(fontsize=7)
-    machine, protocol, budget = choice
-    ax.set_title(f"Accuracy against speed, {machine}: {protocol}, {budget.label()}", fontsize=10)
-    return save(fig, runs.out, f"pareto_{machine}.png", "Models on the dashed front are the ones to choose from: "
-                                                       "none is both faster and more accurate.")
+    speed = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)].groupby(["machine", "label"], as_index=False)["value"]
+    parts = []
+    for machine, mine in summary.groupby("machine"):
+        largest = mine[mine["subset"] == mine.groupby(["protocol", "budget"])["subset"].transform("max")]
+        protocol, budget = largest.groupby(["protocol", "budget"])["label"].nunique().idxmax()
+        acc = largest[(largest["protocol"] == protocol) & (largest["budget"] == budget)]
+        both = acc.merge(speed.max(), on=["machine", "label"]).sort_values("value", ascending=False)
+        if both.empty:
+            continue
+        both["front"] = both["mean"] >= both["mean"].cummax()
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        sns.scatterplot(data=both, x="value", y="mean", s=90, ax=ax, **style_of(both))
+        front = both[both["front"]]
+        ax.plot(front["value"], front["mean"], "--", color="grey", label="Pareto front")
+        for _, r in both.iterrows():
+            ax.annotate(r["label"], (r["value"], r["mean"]), fontsize=8, xytext=(4, 2), textcoords="offset points")
+        ax.set(xscale="log", xlabel="inference throughput (images/s, log; scaling suite, largest batch measured)",
+               ylabel=f"test accuracy (%) at {int(acc['subset'].max()):,} images")
+        ax.legend(fontsize=7)
+        ax.set_title(f"Accuracy against speed, {machine}: {protocol}, {budget.label()}", fontsize=10)
+        parts.append(save(fig, runs.out, f"pareto_{machine}.png", "Models on the dashed front are the ones to choose "
+                                                                   "from: none is both faster and more accurate."))
+    if not parts:
+        raise Skip("needs accuracy (data_efficiency) and inference throughput (scaling) of a model on one device")
+    return "\n\n".join(parts)
 
 
 def attention_kernels(runs: Runs) -> str:
