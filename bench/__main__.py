@@ -67,7 +67,7 @@ def _gpu_list(text: str) -> list[str]:
 
 def _cmd_run(args) -> int:
     from .paths import RunPaths
-    from .runner import default_run_dir, run_suite, summary_table, time_summary
+    from .runner import default_run_dir, noisy_warning, run_suite, summary_table, time_summary
     from .suite import load_suite
 
     out = Output()
@@ -102,8 +102,7 @@ def _cmd_run(args) -> int:
     out(time_summary(summary.rows))
     out(f"\n{summary.ran} cells run, {summary.skipped} already done, {summary.failed} failed (recorded as rows)")
     if summary.noisy:
-        out(f"warning: {len(summary.noisy)} cell(s) with suspicious timings (see the noisy column): "
-            + "; ".join(summary.noisy))
+        out(noisy_warning(summary.noisy, len({row["cell_id"] for row in summary.rows}), run_dir))
     paths = RunPaths(run_dir)
     out(f"results: {paths.results_csv}\nenvironment: {paths.env_json}")
     if args.report:
@@ -155,15 +154,16 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import compare, format_table, parse_thresholds
+    from .compare import compare, csv_table, format_table, parse_thresholds
 
     fail_above = parse_thresholds(args.fail_above) if args.fail_above is not None else None
     result = compare(Path(args.run_a), Path(args.run_b), fail_above=fail_above,
-                     allow_different_devices=args.allow_different_devices, metrics=args.metrics)
+                     allow_different_devices=args.allow_different_devices, metrics=args.metrics,
+                     include_noisy=args.include_noisy)
     out = Output()
     out(format_table(result))
     if args.out:
-        result.table.to_csv(args.out, index=False)
+        csv_table(result).to_csv(args.out, index=False)
         out(f"table: {args.out}")
     return 1 if len(result.failures) else 0
 
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--fail-above", metavar="R",
                      help="exit 1 when a metric got worse by more than R beyond both runs' noise (e.g. 1.1, or per "
                           "metric: throughput:1.1,accuracy:1.02), or a setting stopped being ok")
+    cmp.add_argument("--include-noisy", action="store_true",
+                     help="count rows whose either side was flagged noisy (busy machine, wide spread) towards "
+                          "--fail-above (left out by default; always listed and counted)")
     cmp.add_argument("--metrics", type=lambda t: t.split(","), help="only these metrics, e.g. throughput,peak_memory")
     cmp.add_argument("--allow-different-devices", action="store_true", help="compare runs of different devices")
     cmp.add_argument("--out", help="write the whole comparison as CSV")

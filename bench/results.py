@@ -37,15 +37,27 @@ STATUSES = ("ok", "skipped", "oom", "timeout", "killed", "error")
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: rows of any other name are refused."""
+    """A registered metric: rows of any other name are refused.
+
+    `valid` is the closed range a measurement of it can have (every metric here is a count, a time, a rate, a loss,
+    an error, a ratio or a fraction: none below 0, fractions at most 1). An ok row whose value is missing, NaN,
+    infinite or outside that range is no measurement. Readers leave such rows out and say so, naming the cell file
+    (`without_impossible`): the report lists them beside its failed cells, compare in its output; every other row of
+    the run is read as usual."""
 
     name: str
     unit: str
     direction: str  # higher | lower (is better) | neither (a fact, never a regression)
     group: str  # speed | latency | compute | memory | energy | accuracy | cost | error | status
     help: str
+    valid: tuple[float, float] = (0.0, math.inf)
+
+    def describe_range(self) -> str:
+        low, high = self.valid
+        return f"valid {low:g} to {high:g}" if math.isfinite(high) else f"valid {low:g} or more"
 
 
+FRACTION = (0.0, 1.0)
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("throughput", "img/s", "higher", "speed", "images per second: batch / step time"),
     Metric("step_time", "ms", "lower", "speed", "time of one step (inference, or forward + backward + update)"),
@@ -60,16 +72,18 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("fwd_time", "ms", "lower", "speed", "attention forward, per call"),
     Metric("fwd_bwd_time", "ms", "lower", "speed", "attention forward + backward, per call"),
     Metric("achieved_tflops", "TFLOP/s", "higher", "compute", "FLOPs of a step over its time"),
-    Metric("mfu", "fraction", "higher", "compute", "achieved over the GPU's dense peak"),
+    Metric("mfu", "fraction", "higher", "compute", "achieved over the GPU's dense peak", FRACTION),
     Metric("fwd_tflops", "TFLOP/s", "higher", "compute", "attention forward FLOPs over its time"),
     Metric("fwd_bwd_tflops", "TFLOP/s", "higher", "compute", "attention forward + backward FLOPs over its time"),
     Metric("peak_memory", "MiB", "lower", "memory", "peak of one step minus what was held before it"),
     Metric("model_memory", "MiB", "lower", "memory", "weights, buffers and optimizer state"),
     Metric("energy_per_image", "J/img", "lower", "energy", "GPU energy over the timed steps per image"),
     Metric("avg_power", "W", "neither", "energy", "GPU energy over the timed steps per second"),
-    Metric("accuracy", "fraction", "higher", "accuracy", "top-1 accuracy on the test split"),
-    Metric("val_accuracy", "fraction", "higher", "accuracy", "best validation accuracy (the kept checkpoint)"),
-    Metric("checkpoint_accuracy", "fraction", "higher", "accuracy", "test accuracy the checkpoint was saved with"),
+    Metric("accuracy", "fraction", "higher", "accuracy", "top-1 accuracy on the test split", FRACTION),
+    Metric("val_accuracy", "fraction", "higher", "accuracy", "best validation accuracy (the kept checkpoint)",
+           FRACTION),
+    Metric("checkpoint_accuracy", "fraction", "higher", "accuracy", "test accuracy the checkpoint was saved with",
+           FRACTION),
     Metric("test_loss", "nats", "lower", "accuracy", "cross-entropy on the test split"),
     Metric("train_loss", "mse", "lower", "accuracy", "MAE: training reconstruction loss at the end"),
     Metric("recon_loss", "mse", "lower", "accuracy", "MAE: reconstruction loss of held-out images' masked patches"),
@@ -303,6 +317,11 @@ def setting_columns(pooled: tuple[str, ...] = ("seed", "init_cell")) -> list[str
     return [name for name, f in AXES.items() if f.metadata["identity"] and name not in pooled]
 
 
+def flagged(column: pd.Series) -> pd.Series:
+    """Rows whose text flag (diverged, noisy) says something ('' and missing say nothing)."""
+    return column.notna() & (column.astype(str) != "")
+
+
 TYPED_AXES = ("budget", "attn_shape", "study")  # axes whose CSV text form is a flattening of a typed value
 
 
@@ -331,6 +350,23 @@ def read_records(run_dir: Path) -> list[CellRecord]:
             raise ResultsError(f"{file}: damaged cell record ({type(err).__name__}: {str(err)[:160]}); `python -m "
                                f"bench run` on its run dir reruns that cell") from None
     return records
+
+
+def _measurable(metric: str, value) -> bool:
+    low, high = METRICS[metric].valid
+    return isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high
+
+
+def without_impossible(frame: pd.DataFrame, run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A run's rows less the ok ones whose value no measurement of their metric can have (Metric.valid), and one
+    line per row left out, naming its cell file: 'RUN/cells/<id>.json: accuracy nan (valid 0 to 1)'."""
+    measurable = [_measurable(m, v) for m, v in zip(frame["metric"], frame["value"])]
+    bad = (frame["status"] == "ok") & ~pd.Series(measurable, index=frame.index, dtype=bool)
+    paths = RunPaths(Path(run_dir))
+    said = [f"{paths.cell_record(cell)}: {metric} {value:g} ({METRICS[metric].describe_range()})"
+            for cell, metric, value in zip(frame.loc[bad, "cell_id"], frame.loc[bad, "metric"],
+                                           frame.loc[bad, "value"].astype(float))]
+    return frame[~bad], said
 
 
 def write_results_csv(path: Path, rows: list[dict]) -> None:

@@ -21,11 +21,21 @@ from pathlib import Path
 import pandas as pd
 
 from .measure.phases import PHASES
-from .paths import CellContext
+from .measure.noise import excess
+from .paths import CellContext, RunPaths
 from .results import CellRecord, rows_frame, setting_columns
 from .rundir import RunDir
 from .suite import Suite
 from .tasks import TASKS
+
+
+@dataclass(frozen=True)
+class NoisyCell:
+    """A cell whose timing was flagged: its label, its flags, and how far past its limit its worst row is."""
+
+    label: str
+    why: str
+    excess: float
 
 
 @dataclass
@@ -35,7 +45,7 @@ class RunSummary:
     skipped: int
     failed: int
     rows: list[dict] = field(default_factory=list)  # every row of the suite's cells in the run dir
-    noisy: list[str] = field(default_factory=list)
+    noisy: list[NoisyCell] = field(default_factory=list)  # worst first
 
 
 class Stopped(BaseException):
@@ -177,14 +187,25 @@ def run_suite(suite: Suite, run_dir: Path, command: list[str], *, retry_failed: 
                       rows=[r for record in records for r in record.rows], noisy=noisy_cells(records))
 
 
-def noisy_cells(records: list[CellRecord]) -> list[str]:
-    """'label (why)' of every cell whose timing was flagged."""
+def noisy_cells(records: list[CellRecord]) -> list[NoisyCell]:
+    """Every cell whose timing was flagged, the worst first (bench/measure/noise.py: excess)."""
     out = []
     for record in records:
-        flags = sorted({r["noisy"] for r in record.rows if r.get("noisy")})
-        if flags:
-            out.append(f"{record.spec.label()} ({'; '.join(flags)})")
-    return out
+        rows = [r for r in record.rows if r.get("noisy")]
+        if rows:
+            out.append(NoisyCell(record.spec.label(), "; ".join(sorted({r["noisy"] for r in rows})),
+                                 max(excess(r.get("p20"), r.get("p80"), r.get("other_cpu")) for r in rows)))
+    return sorted(out, key=lambda cell: -cell.excess)
+
+
+def noisy_warning(noisy: list[NoisyCell], cells: int, run_dir: Path, worst: int = 3) -> str:
+    """A few short lines: how many cells were flagged, the worst few and why, and where every cell's reason is."""
+    lines = [f"warning: {len(noisy)} of {cells} cell(s) have suspicious timings (busy machine or wide spread); "
+             f"the worst {min(worst, len(noisy))}:"]
+    lines += [f"  {cell.label}: {cell.why}" for cell in noisy[:worst]]
+    lines += [f"  every cell's reason: the noisy column of {RunPaths(run_dir).results_csv}",
+              f"  the report's caveats: python -m bench report {run_dir}"]
+    return "\n".join(lines)
 
 
 HEADLINE = ("throughput", "throughput_ratio", "latency_p50", "latency_ratio", "peak_memory", "accuracy", "fwd_time",

@@ -105,7 +105,9 @@ def test_accuracy_uses_the_seed_interval(tmp_path):
     assert tiny.returncode == 0 and worse.returncode == 1 and "accuracy of resnet9" in worse.stdout
     tiny, worse = (pd.read_csv(tmp_path / f"{name}.csv") for name in ("tiny", "worse"))
     assert set(tiny.loc[tiny["metric"] == "accuracy", "verdict"]) == {"within noise"}  # 0.05 points: not shown
-    assert set(worse.loc[worse["metric"] == "accuracy", "verdict"]) == {"regression"}  # 5 points, 3 seeds
+    worse = worse[worse["metric"] == "accuracy"]
+    assert set(worse.loc[worse["n_a"] >= 3, "verdict"]) == {"regression"}  # 5 points, 3 seeds
+    assert set(worse.loc[worse["n_a"] == 1, "verdict"]) == {"within noise"}  # one seed: no interval, no verdict
 
 
 @pytest.mark.parametrize("text,message", [("nan", "expected a factor >= 1"), ("0.9", "expected a factor >= 1"),
@@ -149,3 +151,55 @@ def test_compare_keys_are_every_axis_of_the_spec(tmp_path):
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert len(metrics[(metrics["metric"] == "throughput") & (metrics["model"] == record.spec.model)
                        & (metrics["task"] == "train")]) == 2
+
+
+def test_values_no_measurement_can_have_are_left_out_and_said(tmp_path):
+    """A NaN accuracy (one seed) or one above 1 never enters a verdict: left out, each named by its cell file."""
+    run = fixture_run(tmp_path, ["data_efficiency"], "cpu")
+    records = [r for r in read_records(run) if r.spec.model == "resnet9" and r.spec.train_size == 1000]
+    victims = {records[0].spec.cell_id: float("nan"), records[1].spec.cell_id: 1.3}
+
+    def spoil(record):
+        for row in record.rows:
+            if row["metric"] == "accuracy" and row["cell_id"] in victims:
+                row["value"] = victims[row["cell_id"]]
+        return record
+
+    spoilt = rewritten(run, tmp_path / "spoilt", spoil)
+    proc = bench("compare", run, spoilt, "--out", tmp_path / "cmp.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "nan" not in pd.read_csv(tmp_path / "cmp.csv")["value_b"].astype(str).tolist()
+    said = proc.stdout[proc.stdout.index("left out"):]
+    assert "2 value(s) no measurement can have" in said and "accuracy 1.3 (valid 0 to 1)" in said
+    assert all(f"{spoilt}/cells/{cell}.json" in said for cell in victims)
+
+
+def test_rows_with_a_noisy_side_say_so_and_stay_out_of_the_verdict_unless_asked(tmp_path):
+    """B ran on a busy machine (every timing flagged) and 20 % slower: each such row says which side is noisy, the
+    output ends with their count, --fail-above leaves them out unless --include-noisy; the comparison is typed."""
+    run = fixture_run(tmp_path, ["scaling"], "cuda")
+
+    def busy(record):
+        for row in record.rows:
+            if row["metric"] in ("throughput", "throughput_ratio"):
+                row["noisy"] = "busy: other processes used 45% of the CPU"
+        return record
+
+    noisy = rewritten(slowed(run, tmp_path / "slow", 1.2), tmp_path / "busy", busy)
+    proc = bench("compare", run, noisy, "--fail-above", "1.1", "--out", tmp_path / "cmp.csv")
+    assert proc.returncode == 0, proc.stdout  # every regression is on a noisy row
+    rows = [[c.strip() for c in line.split("|")] for line in proc.stdout.splitlines() if "| throughput " in line]
+    assert rows and all(cells[-3:-1] == ["regression", "B"] for cells in rows), rows[:2]
+    table = pd.read_csv(tmp_path / "cmp.csv")
+    timed = table["metric"].isin(["throughput", "throughput_ratio"])
+    assert (table.loc[timed, "noisy"] == "B").all() and table.loc[~timed, "noisy"].isna().all()
+    assert proc.stdout.splitlines()[-2].startswith(f"{timed.sum()} row(s) compare noisy side(s) (busy machine or")
+    counted = bench("compare", run, noisy, "--fail-above", "1.1", "--include-noisy")
+    assert counted.returncode == 1 and "FAIL:" in counted.stdout
+
+    from bench.compare import compare
+
+    result = compare(run, noisy, fail_above={None: 1.1})
+    change = result.table.loc[result.table["metric"] == "throughput", "change"].iloc[0]
+    assert change.significant and change.direction == "worse" and change.noisy == ("B",)
+    assert change.interval.high < 1 and result.failures.empty

@@ -3,6 +3,7 @@ and forecasts; figures by study tag (a GPU-shaped fixture draws every figure of 
 mixed, deployment latency, where the time went."""
 
 
+import json
 import math
 import re
 
@@ -11,7 +12,7 @@ import pytest
 from scipy.optimize import brentq
 
 from bench import report as report_mod
-from bench.paths import CellContext
+from bench.paths import CellContext, RunPaths
 from bench.report import style as style_mod
 from bench.report.answer import answer as answer_of
 from bench.results import CellRecord, RowMaker
@@ -230,3 +231,69 @@ def test_the_report_never_prints_an_interval_of_zero_width(tmp_path):
     assert len(brackets) > 20 and all(low != high for low, high in brackets), \
         [b for b in brackets if b[0] == b[1]]
     assert "every seed gave 85.0: no spread to go on" in report
+
+
+def test_values_no_measurement_can_have_are_left_out_and_listed(tmp_path):
+    """An accuracy of NaN (written as NaN or as null) or above 1 is no measurement: the answer never prints it nor
+    pools it into a mean or a difference, and the failure region names each such value's cell file."""
+    records = (accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.80, (1000,))
+               + accuracy_records(tmp_path, "resnet20", lambda n: 0.85, (1000,), rng=np.random.default_rng(7)))
+    impossible = {0: math.nan, 1: None, 3: 1.107}  # vit seeds 0 (NaN) and 1 (null), resnet20 seed 0 (110.7 %)
+    for i, value in impossible.items():
+        records[i].rows[0]["value"] = value
+    run = write_run(tmp_path / "run", records)
+    cell_file = RunPaths(run).cell_record(records[0].spec.cell_id)
+    cell_file.write_text(cell_file.read_text().replace('"value": null', '"value": NaN'))  # a literal NaN
+    runs = report_mod.load([run], tmp_path)
+    answer = answer_of(runs)
+    assert "nan" not in answer.lower() and "110.7" not in answer and "| 1,000 |" in answer
+    # the seeds that are measurements, and only they
+    assert "`resnet20` fp32: 85.0 % (n=2: " in answer and "`vit:Ti/4` fp32: 80.1 % (n=1;" in answer
+    failures = report_mod.failure_table(runs)
+    for i in impossible:
+        assert str(RunPaths(run).cell_record(records[i].spec.cell_id)) in failures
+    assert "accuracy nan" in failures and "accuracy 1.107" in failures and "valid 0 to 1" in failures
+
+
+def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_across_run_dirs(tmp_path, saved):
+    """The same cells (same ids) run on two CPU models: each section and table keeps the two apart as the Answer
+    does (a figure, a crossover statement, a time-table row and a failure row each), never one pooled line."""
+    runs_of = {}
+    for name, shift in (("Intel Xeon 8375C", 0.0), ("AMD EPYC 7B13", -0.10)):
+        records = (accuracy_records(tmp_path, "vit:Ti/4", lambda n, s=shift: 0.70 + s + n / 1e5, (500, 1000))
+                   + accuracy_records(tmp_path, "resnet20", lambda n: 0.85 + n / 1e5, (500, 1000)))
+        spec = CellSpec(model="vit:S/4", task="train", batch_size=4096, img_size=28)
+        records.append(CellRecord(spec, [RowMaker(spec, CellContext("t", "r", tmp_path)).failure("oom", "OOM")]))
+        for model in ("vit:Ti/4", "resnet20"):  # inference throughput: a Pareto figure per machine
+            spec = CellSpec(model=model, task="infer", batch_size=64, img_size=28)
+            maker = RowMaker(spec, CellContext("t", "r", tmp_path), **info_of(spec))
+            records.append(CellRecord(spec, [maker.row("throughput", 900.0 + 100 * shift)]))
+        for record in records:
+            for row in record.rows:
+                row.update(device_name=name, cell_wall_s=10.0, train_s=8.0)
+        runs_of[name] = write_run(tmp_path / name.split()[0].lower(), records)
+        curve = RunPaths(runs_of[name]).curve(records[0].spec.cell_id)  # one training curve, the same id in each
+        curve.parent.mkdir(parents=True, exist_ok=True)
+        curve.write_text(json.dumps({"curve": [{"epoch": e, "images_seen": 500 * e, "train_loss": 1 / e + shift,
+                                                "val_accuracy": 0.5 + e / 20} for e in (1, 2, 3)]}))
+    runs = report_mod.load(list(runs_of.values()), tmp_path / "report")
+    (tmp_path / "report").mkdir()
+    answer = answer_of(runs)
+    assert "### On cpu (Intel Xeon 8375C)" in answer and "### On cpu (AMD EPYC 7B13)" in answer
+    report_mod.figures.data_efficiency(runs)
+    assert {"data_efficiency_converged_cpu-intel-xeon-8375c.png",
+            "data_efficiency_converged_cpu-amd-epyc-7b13.png"} <= set(saved)
+    assert "](data_efficiency_converged_cpu-amd-epyc-7b13.png)" in answer
+    statements = report_mod.figures.crossover_statements(runs)
+    assert len(statements) == 2 and all("CNN leads by" in s for s in statements)
+    assert {s.split(", ")[0] for s in statements} == {"fashion-mnist on cpu-intel-xeon-8375c",
+                                                      "fashion-mnist on cpu-amd-epyc-7b13"}
+    assert runs.curves.groupby("machine")["curve"].nunique().to_dict() == {"cpu-amd-epyc-7b13": 1,
+                                                                           "cpu-intel-xeon-8375c": 1}
+    report_mod.figures.training_curves(runs)
+    assert "curves_converged_cpu-amd-epyc-7b13_epochs.png" in saved
+    report_mod.figures.pareto(runs)
+    assert {"pareto_cpu-intel-xeon-8375c.png", "pareto_cpu-amd-epyc-7b13.png"} <= set(saved)
+    times = report_mod.time_table(runs)
+    assert len(re.findall(r"\| +15 \| +150\.0 \|", times)) == 2, times  # each run dir's 15 cells, ids alike
+    assert report_mod.failure_table(runs).count("| oom ") == 2

@@ -1,14 +1,17 @@
 """bench/results.py: result files that cannot be read are one-line errors, records of an older schema are
-refused, and writes are atomic and UTF-8 whatever the locale."""
+refused, writes are atomic and UTF-8 whatever the locale, and a value outside its metric's valid range is left
+out by the readers and named."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from bench.results import SCHEMA_VERSION, write_atomic
+from bench.results import METRICS, SCHEMA_VERSION, without_impossible, write_atomic
 from tests.conftest import ROOT, bench
 
 
@@ -41,3 +44,18 @@ def test_write_atomic_writes_utf8_in_an_ascii_locale(tmp_path):
     assert (tmp_path / "r.json").read_text(encoding="utf-8") == "caf\u00e9 \u2713"
     write_atomic(tmp_path / "r.json", lambda file: file.write(b"bytes"))
     assert (tmp_path / "r.json").read_bytes() == b"bytes" and os.listdir(tmp_path) == ["r.json"]
+
+
+def test_a_value_outside_its_metrics_valid_range_is_left_out_and_named():
+    frame = pd.DataFrame({"cell_id": list("abcdef"), "status": ["ok"] * 5 + ["oom"],
+                          "metric": ["images_seen", "accuracy", "accuracy", "step_time", "throughput", "status"],
+                          "value": np.array([4000, 2, 1, -1, 0, 0])})  # integers as numpy reads them: numbers too
+    kept, said = without_impossible(frame, "runs/r")
+    assert list(kept["cell_id"]) == ["a", "c", "e", "f"]  # a failed cell's row has no value to check
+    assert said == ["runs/r/cells/b.json: accuracy 2 (valid 0 to 1)",
+                    "runs/r/cells/d.json: step_time -1 (valid 0 or more)"]
+    kept, said = without_impossible(frame.assign(value=[np.inf, 0.5, np.nan, 1.0, 1.0, None]), "runs/r")
+    assert list(kept["cell_id"]) == ["b", "d", "e", "f"]
+    assert said == ["runs/r/cells/a.json: images_seen inf (valid 0 or more)",
+                    "runs/r/cells/c.json: accuracy nan (valid 0 to 1)"]
+    assert all(m.valid[0] == 0 for m in METRICS.values())

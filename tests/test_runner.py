@@ -216,3 +216,28 @@ def test_the_eta_costs_each_kind_by_its_own_cells_and_says_when_it_guesses():
     assert "ETA ?" in lines[0]
     assert "ETA 4s (a guess: no latency/compile cell finished yet)" in lines[1]  # 2 x 1 s + 2 x the 1 s mean
     assert "ETA 2s (a guess" in lines[3] and "ETA 10s;" in lines[4]  # the last latency cell costs its own 10 s
+
+
+def test_the_noisy_cells_warning_is_sized_for_a_person(tmp_path):
+    """200 flagged cells: a few short lines with the count, the worst three (furthest past their limits) and where
+    every cell's reason is, instead of one line listing them all."""
+    from bench.paths import CellContext
+    from bench.results import CellRecord, RowMaker
+    from bench.runner import noisy_cells, noisy_warning
+
+    records = []
+    for batch in range(1, 201):
+        spec = CellSpec(model="vit:S/4", task="infer", batch_size=batch, img_size=28)
+        busy = 0.11 + batch / 1000  # batch 200 is the busiest; batch 7 has the widest spread below
+        p20, p80 = (1.0, 3.0) if batch == 7 else (1.0, 1.02)
+        noisy = f"busy: other processes used {busy:.0%} of the CPU" + ("; spread p80/p20 3.00" if batch == 7 else "")
+        row = RowMaker(spec, CellContext("t", "r", tmp_path)).row("throughput", 100.0, p20=p20, p80=p80,
+                                                                   other_cpu=busy, noisy=noisy)
+        records.append(CellRecord(spec, [row]))
+    warning = noisy_warning(noisy_cells(records), 210, Path("results/scaling/r1"))
+    lines = warning.splitlines()
+    assert len(lines) == 6 and all(len(line) <= 120 for line in lines), warning
+    assert lines[0].startswith("warning: 200 of 210 cell(s) have suspicious timings")
+    assert "bs7 " in lines[1] and "spread p80/p20 3.00" in lines[1] and "bs200 " in lines[2] and "bs199 " in lines[3]
+    assert lines[4].endswith("noisy column of results/scaling/r1/results.csv")
+    assert lines[5].endswith("python -m bench report results/scaling/r1")

@@ -91,3 +91,15 @@ def noise_columns(report: LoadReport, p20: float | None = None, p80: float | Non
     if host_bound:
         flags.append("host-bound: the GPU waited for kernel launches")
     return dict(report.columns(), noisy="; ".join(flags))
+
+
+def excess(p20: float | None, p80: float | None, other_cpu: float | None) -> float:
+    """How far past its limit a flagged timing is: the larger of the spread's excess (p80/p20 - 1) and other
+    processes' CPU share, each over its limit (1 = at the limit; a flag without a number, such as host-bound,
+    counts as 1)."""
+    ratios = [1.0]
+    if p20 and p80 and p20 > 0:
+        ratios.append((p80 / p20 - 1) / (SPREAD_LIMIT - 1))
+    if other_cpu is not None and other_cpu == other_cpu:  # NaN (a CSV's empty cell) is unknown
+        ratios.append(other_cpu / BUSY_LIMIT)
+    return max(ratios)

@@ -1,6 +1,7 @@
 """python -m bench report RUN_DIR [RUN_DIR ...]: report.md, opening with the answer (generated from the data),
 then seaborn figures by study, short tables, and the full metrics as CSV beside it. Reads result files only.
-Several run dirs (a CPU run and a GPU run) are facetted or sectioned by device."""
+Several run dirs (a CPU run and a GPU run, or runs on two CPU models) are facetted or sectioned by device model
+(data.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each."""
 
 from __future__ import annotations
 
@@ -66,18 +67,23 @@ def _varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
 
 
 def failure_table(runs: Runs) -> str:
+    """The cells that failed, were skipped or diverged; then the values left out as no measurement."""
+    excluded = "".join(f"\n- `{line}`" for line in runs.excluded)
+    if excluded:
+        excluded = ("\n\nLeft out everywhere in this report, as values no measurement can have (each metric's valid "
+                    f"range: bench/results.py):{excluded}")
     rows = runs.rows
-    bad = rows[(rows["status"] != "ok") | flagged(rows["diverged"])].drop_duplicates("cell_id").copy()
+    bad = rows[(rows["status"] != "ok") | flagged(rows["diverged"])].drop_duplicates(["run_dir", "cell_id"]).copy()
     if bad.empty:
-        return "_None: every cell finished ok._"
+        return "_None: every cell finished ok._" + excluded
     mark = flagged(bad["diverged"])
     bad.loc[mark, "error"] = bad.loc[mark, "diverged"]
     bad.loc[mark, "status"] = "ok, diverged"
-    cols = ["device", "label", *_varying(bad, [c for c in setting_columns() if c not in ("device", "model")]),
+    cols = ["machine", "label", *_varying(bad, [c for c in setting_columns() if c not in ("device", "model")]),
             "status", "error"]
     bad = bad[cols].astype(object).fillna("")
     bad["error"] = bad["error"].astype(str).str.slice(0, 140)
-    return bad.to_markdown(index=False)
+    return bad.to_markdown(index=False) + excluded
 
 
 def capped_cells(runs: Runs, shown: int = 5) -> str:
@@ -108,12 +114,13 @@ def metrics_csv(runs: Runs, out: Path) -> str:
 
 
 def time_table(runs: Runs) -> str:
-    """Where each run's time went: its cells' wall time split into phases (bench/measure/phases.py)."""
-    cells = runs.rows.drop_duplicates("cell_id")
+    """Where each run's time went, per device model: its cells' wall time split into phases
+    (bench/measure/phases.py)."""
+    cells = runs.rows.drop_duplicates(["run_dir", "cell_id"])
     if cells["cell_wall_s"].isna().all():
         return "_No timing breakdown in these runs._"
     columns = [f"{name}_s" for name in PHASES]
-    table = cells.groupby("run_dir").agg(cells=("cell_id", "size"), wall_s=("cell_wall_s", "sum"),
+    table = cells.groupby(["run_dir", "machine"]).agg(cells=("cell_id", "size"), wall_s=("cell_wall_s", "sum"),
                                          **{c: (c, "sum") for c in columns})
     table["other_s"] = (table["wall_s"] - table[columns].sum(axis=1)).clip(lower=0)
     table["overhead per cell (s)"] = (table["wall_s"] - table["train_s"]) / table["cells"]
@@ -132,8 +139,8 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
         except Skip as why:
             parts.append(f"_Skipped: {why}._")
     parts += ["\n## Where the time went\n", time_table(runs),
-              "\n## Failed, out-of-memory, timed-out, skipped and diverged cells\n", failure_table(runs),
-              capped_cells(runs), "\n## All metrics\n", metrics_csv(runs, out)]
+              "\n## Failed, out-of-memory, timed-out, skipped and diverged cells, impossible values\n",
+              failure_table(runs), capped_cells(runs), "\n## All metrics\n", metrics_csv(runs, out)]
     runs.rows.drop(columns=["run_dir"]).to_csv(out / "results_combined.csv", index=False)
     report = out / "report.md"
     report.write_text("\n".join(parts) + "\n")

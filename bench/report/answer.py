@@ -69,12 +69,12 @@ def _comparisons(point: pd.DataFrame) -> list[tuple[str, pd.Series | None, pd.Se
     return rows
 
 
-def accuracy_answer(runs: Runs, device: str) -> list[str]:
+def accuracy_answer(runs: Runs, machine: str) -> list[str]:
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
-    summary = summary[summary["device"] == device]
+    summary = summary[summary["machine"] == machine]
     lines = []
     for (dataset, protocol), group in summary.groupby(["dataset", "protocol"]):
-        figure = f"data_efficiency_{protocol}_{device}.png"
+        figure = f"data_efficiency_{protocol}_{machine}.png"
         lines += [f"**Accuracy on {dataset}, {protocol} protocol** ([figure]({figure}); means with 95 % t intervals "
                   "over seeds; each model's dtype, mean images seen and training FLOPs):", "",
                   "| training images | budget | dtypes | best ViT | best CNN | ViT - CNN (points) |",
@@ -86,11 +86,11 @@ def accuracy_answer(runs: Runs, device: str) -> list[str]:
                              f"{_acc(vit) if vit is not None else '-'} | {_acc(cnn) if cnn is not None else '-'} | "
                              f"{margin} |")
         lines.append("")
-    crossings = [s for s in crossover_statements(runs) if f" on {device}," in s]
+    crossings = [s for s in crossover_statements(runs) if f" on {machine}," in s]
     if crossings:
         lines += ["**Crossover in the measured range** ([data efficiency](#data-efficiency)):", ""]
         lines += [f"- {s}" for s in crossings] + [""]
-    return lines + grid_answer(runs, device) + forecast_answer(runs, device)
+    return lines
 
 
 def _size(n: float) -> str:
@@ -141,8 +141,8 @@ def _curve_line(curve: Curve, unit: str) -> str:
             f"{'reliable' if curve.reliable else 'UNRELIABLE (more than 3 points off)'}")
 
 
-def forecast_answer(runs: Runs, device: str) -> list[str]:
-    curves = [c for c in data_curves(runs) if c.device == device]
+def forecast_answer(runs: Runs, machine: str) -> list[str]:
+    curves = [c for c in data_curves(runs) if c.machine == machine]
     if not curves:
         return []
     lines = ["**Learning curves** (converged protocol; Rosenfeld et al.'s envelope law, error = chance * z / "
@@ -150,7 +150,7 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
              f"intervals ({COVERAGE['parametric bootstrap']}); a parameter on its bound is not identified; "
              "[figure](#data-efficiency), [back-test figure](#learning-curve-back-test)):", ""]
     lines += [_curve_line(c, "sizes") for c in curves] + [""]
-    made = [f for f in forecasts(runs) if f.vit.device == device]
+    made = [f for f in forecasts(runs) if f.vit.machine == machine]
     if not made:
         unfitted = [f"`{c.label}` has no fit" for c in curves if c.fit is None]
         lines += ["**Forecast beyond the measured range**: none, it needs a fitted ViT and a fitted CNN on the same "
@@ -177,7 +177,7 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
         else:
             lines.append(f"- crossover: {c.status} ({c.reason})")
         lines.append("")
-    frontier = [c for c in frontier_curves(runs) if c.device == device]
+    frontier = [c for c in frontier_curves(runs) if c.machine == machine]
     if frontier:
         lines += ["**Compute frontier** (accuracy against training FLOPs per family, the cells no cheaper cell "
                   "beats; [figure](#accuracy-against-training-compute)):", ""]
@@ -185,11 +185,11 @@ def forecast_answer(runs: Runs, device: str) -> list[str]:
     return lines
 
 
-def transfer_answer(runs: Runs, device: str) -> list[str]:
+def transfer_answer(runs: Runs, machine: str) -> list[str]:
     """Few labels: every route to a ViT and the CNN from scratch, per labeled size, with intervals; the MAE gain
     and the MAE ViT against the CNN as differences with verdicts."""
     summary = accuracy_summary(runs.rows, task=("train_eval", "finetune", "linear_probe"))
-    summary = summary[(summary["device"] == device) & summary["class_subset"].astype(bool)]
+    summary = summary[(summary["machine"] == machine) & summary["class_subset"].astype(bool)]
     equal_images = summary[(summary["route"] == "scratch") & (summary["protocol"] == "fixed")]
     lines = []
     for (dataset, protocol, budget), group in summary.groupby(["dataset", "protocol", "budget"]):
@@ -198,7 +198,7 @@ def transfer_answer(runs: Runs, device: str) -> list[str]:
         group = group.assign(series=group["label"] + " " + group["dtype"] + ", " + group["route_text"])
         sizes = sorted(group["subset"].unique())
         lines += [f"**Few labels: {dataset}, {protocol} protocol, {budget.label()}** ([figure]"
-                  f"(transfer_{protocol}_{device}.png), [gain table](#mae-gain-over-training-from-scratch)):", "",
+                  f"(transfer_{protocol}_{machine}.png), [gain table](#mae-gain-over-training-from-scratch)):", "",
                   "| route | " + " | ".join(f"{int(n):,} labels" for n in sizes) + " |",
                   "|---|" + "---|" * len(sizes)]
         for series, line in group.groupby("series"):
@@ -239,7 +239,7 @@ def _equal_images(runs: Runs, mae_vit: pd.Series, baselines: pd.DataFrame) -> li
     same = baselines[(baselines["label"] == mae_vit["label"]) & (baselines["subset"] == mae_vit["subset"])
                      & (baselines["dataset"] == mae_vit["dataset"])]
     pretraining = ok_metric(runs.rows, "images_seen", task="pretrain_mae", model=mae_vit["label"],
-                            device=mae_vit["device"])
+                            machine=mae_vit["machine"])
     if same.empty or pretraining.empty:
         return []
     scratch, pre = same.iloc[0], pretraining["value"].mean()
@@ -248,13 +248,13 @@ def _equal_images(runs: Runs, mae_vit: pd.Series, baselines: pd.DataFrame) -> li
             f"{pre:,.0f} pretraining + {mae_vit['images']:,.0f} fine-tuning) {_diff(difference(mae_vit, scratch))}"]
 
 
-def fastest_answer(runs: Runs, device: str) -> list[str]:
+def fastest_answer(runs: Runs, machine: str) -> list[str]:
     """Per accuracy level: the fastest model that reaches it, per engine (batch-1 latency) and in throughput."""
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
-    summary = summary[summary["device"] == device]
-    thr = unpaired(ok_metric(runs.rows, "throughput", task="infer", device=device, engine="eager"))
+    summary = summary[summary["machine"] == machine]
+    thr = unpaired(ok_metric(runs.rows, "throughput", task="infer", machine=machine, engine="eager"))
     thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
-    latency = latency_samples(runs, device)
+    latency = latency_samples(runs, machine)
     latency = latency[latency["batch_size"] == latency["batch_size"].min()] if len(latency) else latency
     if summary.empty or (thr.empty and latency.empty):
         return []
@@ -263,7 +263,7 @@ def fastest_answer(runs: Runs, device: str) -> list[str]:
         p50 = group.set_index("label")["calls"].map(lambda cells: np.median(np.concatenate(cells)))
         speeds[f"batch-{int(group['batch_size'].iloc[0])} latency, {engine}"] = (p50, "{:.2f} ms p50", False)
     lines = [f"**Fastest model at or above an accuracy** (test accuracy at the largest training size of each protocol "
-             f"and budget; speed from the scaling suite on {device}, [Pareto figure](pareto_{device}.png), "
+             f"and budget; speed from the scaling suite on {machine}, [Pareto figure](pareto_{machine}.png), "
              "[latency figure](#deployment-latency)):", ""]
     for (protocol, budget, _), group in summary.groupby(["protocol", "budget", "dataset"]):
         largest = group[group["subset"] == group["subset"].max()]
@@ -281,10 +281,10 @@ def fastest_answer(runs: Runs, device: str) -> list[str]:
     return lines + [""] if len(lines) > 2 else []
 
 
-def latency_answer(runs: Runs, device: str) -> list[str]:
+def latency_answer(runs: Runs, machine: str) -> list[str]:
     """How the ViT / ResNet latency ratio moves across engines: each native ViT against the fastest CNN at its
     batch, per engine, with a bootstrap interval of the ratio of median call times."""
-    latency = latency_samples(runs, device)
+    latency = latency_samples(runs, machine)
     if latency.empty:
         return []
     lines = ["**ViT / CNN latency across engines** (median call time of each native ViT over the fastest CNN's at "
@@ -324,11 +324,11 @@ def _ratio_words(ratio: Interval, higher_is_faster: bool) -> str:
     return f"{times(ratio)} (n={ratio.n}, {ratio.method}; {verdict})"
 
 
-def speed_answer(runs: Runs, device: str) -> list[str]:
+def speed_answer(runs: Runs, machine: str) -> list[str]:
     lines = []
     for metric, what in (("throughput_ratio", "throughput of this side over the other"),
                          ("latency_ratio", "median call time of this side over the other; below 1 is faster")):
-        ratios = ok_metric(runs.rows, metric, device=device)
+        ratios = ok_metric(runs.rows, metric, machine=machine)
         if ratios.empty:
             continue
         lines += [f"**Paired {metric.split('_')[0]} ratios** ({what}; alternated in one process; the median of "
@@ -341,11 +341,11 @@ def speed_answer(runs: Runs, device: str) -> list[str]:
             lines.append(f"- {side} vs `{r['paired_with']}`, {r['task']} batch {int(r['batch_size'])}: "
                          f"{_ratio_words(ratio, higher_is_faster=metric == 'throughput_ratio')}{noisy}")
         lines.append("")
-    thr = unpaired(ok_metric(runs.rows, "throughput", device=device, task=["infer", "train"], engine="eager"))
-    lines += _against_resnet50(runs, thr, device)
+    thr = unpaired(ok_metric(runs.rows, "throughput", machine=machine, task=["infer", "train"], engine="eager"))
+    lines += _against_resnet50(runs, thr, machine)
     noisy = thr[flagged(thr["noisy"])]
     if not noisy.empty:
-        lines += [f"Caveat: {noisy['cell_id'].nunique()} throughput cell(s) on {device} were flagged noisy "
+        lines += [f"Caveat: {noisy['cell_id'].nunique()} throughput cell(s) on {machine} were flagged noisy "
                   f"(busy machine or wide spread): {', '.join(sorted(noisy['label'].unique()))}; see the `noisy` "
                   "column.", ""]
     return lines
@@ -358,14 +358,14 @@ def _repeats(rows: pd.DataFrame) -> list[list[np.ndarray]]:
             for s, value in zip(rows["samples"], rows["value"])]
 
 
-def _against_resnet50(runs: Runs, thr: pd.DataFrame, device: str) -> list[str]:
+def _against_resnet50(runs: Runs, thr: pd.DataFrame, machine: str) -> list[str]:
     """Each native ViT's throughput over ResNet-50's at the same task, batch and image size (separate cells: a
     bootstrap interval of the ratio of the repeats' medians), and its peak training memory over ResNet-50's."""
     reference = thr[thr["label"] == "resnet50"]
     natives = thr[(thr["impl"] == "native") & (thr["family"] == "vit")]
     if reference.empty or natives.empty:
         return []
-    memory = unpaired(ok_metric(runs.rows, "peak_memory", device=device, task=["train"]))
+    memory = unpaired(ok_metric(runs.rows, "peak_memory", machine=machine, task=["train"]))
     lines = ["**Native ViT against ResNet-50** (separate cells, not paired: 95 % bootstrap over timed repeats of the "
              "ratio of "
              "the repeats' medians; [figure](throughput_vs_params.png)):", ""]
@@ -387,13 +387,13 @@ def _against_resnet50(runs: Runs, thr: pd.DataFrame, device: str) -> list[str]:
 def answer(runs: Runs) -> str:
     """The answer per device model (a CPU run and a GPU run, or runs on two GPU models, are answered apart)."""
     parts = ["## Answer", ""]
-    rows = runs.rows.assign(device_name=runs.rows["device_name"].fillna("?"))
-    for (device, name), mine in rows.groupby(["device", "device_name"]):
-        only = dataclasses.replace(runs, rows=mine)
-        lines = (accuracy_answer(only, device) + transfer_answer(only, device) + fastest_answer(only, device)
-                 + latency_answer(only, device) + speed_answer(only, device))
+    for machine, mine in runs.rows.groupby("machine"):
+        only, (device, name) = dataclasses.replace(runs, rows=mine), mine[["device", "device_name"]].iloc[0]
+        lines = (accuracy_answer(only, machine) + grid_answer(only, device) + forecast_answer(only, machine)
+                 + transfer_answer(only, machine) + fastest_answer(only, machine) + latency_answer(only, machine)
+                 + speed_answer(only, machine))
         if lines:
-            parts += [f"### On {device} ({name})", ""] + lines
+            parts += [f"### On {device} ({name if isinstance(name, str) else '?'})", ""] + lines
     if len(parts) == 2:
         parts.append("_No accuracy or throughput results to answer from._")
     return "\n".join(parts)

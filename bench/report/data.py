@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..data import is_class_range
 from ..paths import RunPaths
-from ..results import read_records, records_frame, setting_columns
+from ..results import flagged, read_records, records_frame, setting_columns, without_impossible
 from ..spec import Budget
 from ..stats import Interval, mean_interval, median_interval
 
@@ -24,10 +24,12 @@ DEFAULT_BACKENDS = ("sdpa", "triton", "none")  # a model's usual attention ("non
 
 @dataclass(eq=False)  # hashable by identity: what is computed from it is cached per report
 class Runs:
-    rows: pd.DataFrame  # every row of every run, with run_dir, label, subset, route, route_text added
-    curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns
+    rows: pd.DataFrame  # every row of every run, with run_dir, machine, label, subset, route, route_text added
+    curves: pd.DataFrame  # one row per curve point of the accuracy cells, with their cell's columns; `curve` (its
+    # file) tells the curves apart, a cell id repeating across run dirs
     envs: dict[Path, dict]  # each run's env.json
     out: Path
+    excluded: list[str]  # one line per row left out: a value no measurement can have (results.without_impossible)
 
     @property
     def run_dirs(self) -> list[Path]:
@@ -51,21 +53,31 @@ def route(task: str, init: str | None) -> str:
 
 
 def load(run_dirs: list[Path], out: Path) -> Runs:
-    frames, envs = [], {}
+    frames, envs, excluded = [], {}, []
     for run_dir in run_dirs:
-        frame = records_frame(read_records(run_dir))
-        frame["run_dir"] = str(run_dir)
-        frames.append(frame)
+        frame, said = without_impossible(records_frame(read_records(run_dir)), run_dir)
+        frames.append(frame.assign(run_dir=str(run_dir)))
+        excluded += said
         env_path = RunPaths(run_dir).env_json
         envs[run_dir] = json.loads(env_path.read_text()) if env_path.exists() else {}
     rows = pd.concat(frames, ignore_index=True)
+    rows["machine"] = machines(rows)
     rows["label"] = rows["model"].fillna(rows["attn_backend"])
     rows["subset"] = rows["train_size_used"]  # training images (validation: a fixed set apart, val_size)
     rows["route"] = [route(t, i) for t, i in zip(rows["task"], rows["init"])]
     rows["route_text"] = [ROUTE_TEXT[r].format(init=i) for r, i in zip(rows["route"], rows["init"])]
     rows["class_subset"] = [isinstance(d, str) and d != "synthetic" and is_class_range(d) for d in rows["dataset"]]
     rows = one_rule_per_protocol(rows)
-    return Runs(rows, _curves(rows, run_dirs), envs, out)
+    return Runs(rows, _curves(rows, run_dirs), envs, out, excluded)
+
+
+def machines(rows: pd.DataFrame) -> pd.Series:
+    """The device model each row ran on, as every section, table and figure name of the report groups by: the
+    device ('cpu', 'cuda') where the runs hold one model of it, else the device and its model ('cpu-amd-epyc-7b13')."""
+    names = rows["device_name"].fillna("?").astype(str)
+    several = names.groupby(rows["device"]).transform("nunique") > 1
+    slug = names.str.lower().str.replace(r"[^a-z0-9]+", "-", regex=True).str.strip("-")
+    return rows["device"].where(~several, rows["device"] + "-" + slug)
 
 
 def one_rule_per_protocol(rows: pd.DataFrame) -> pd.DataFrame:
@@ -88,22 +100,18 @@ def one_rule_per_protocol(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def _curves(rows: pd.DataFrame, run_dirs: list[Path]) -> pd.DataFrame:
-    cells = rows.drop_duplicates("cell_id").set_index("cell_id")
+    cells = rows.drop_duplicates(["run_dir", "cell_id"]).set_index(["run_dir", "cell_id"])
     points = []
     for run_dir in run_dirs:
         for path in sorted(RunPaths(run_dir).curves_dir.glob("*.json")):
-            if path.stem in cells.index:
-                points += [{"cell_id": path.stem, **point} for point in json.loads(path.read_text())["curve"]]
+            if (str(run_dir), path.stem) in cells.index:
+                points += [{"run_dir": str(run_dir), "cell_id": path.stem, "curve": str(path), **point}
+                           for point in json.loads(path.read_text())["curve"]]
     if not points:
         return pd.DataFrame()
     columns = ["label", "family", "impl", "task", "route", "route_text", "subset", "seed", "protocol", "budget",
-               "device", "dataset", "converged"]
-    return pd.DataFrame(points).join(cells[columns], on="cell_id")
-
-
-def flagged(column: pd.Series) -> pd.Series:
-    """Rows whose text flag (diverged, noisy) says something ('' and missing say nothing)."""
-    return column.notna() & (column.astype(str) != "")
+               "machine", "dataset", "converged"]
+    return pd.DataFrame(points).join(cells[columns], on=["run_dir", "cell_id"])
 
 
 def ok_metric(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
@@ -111,6 +119,13 @@ def ok_metric(rows: pd.DataFrame, metric: str, **where) -> pd.DataFrame:
     for column, value in where.items():
         frame = frame[frame[column].isin(value if isinstance(value, (list, tuple, set)) else [value])]
     return frame.copy()
+
+
+def cell_value(frame: pd.DataFrame, rows: pd.DataFrame, metric: str) -> pd.Series:
+    """For each row of `frame`, the value of `metric` in its own cell: the same cell id in the same run dir (an id
+    repeats across run dirs, on another machine or in a rerun); NaN where that cell has none."""
+    values = ok_metric(rows, metric).groupby(["run_dir", "cell_id"])["value"].first().rename("cell_value")
+    return frame.join(values, on=["run_dir", "cell_id"])["cell_value"]
 
 
 def in_study(frame: pd.DataFrame, study: str) -> pd.DataFrame:
@@ -134,9 +149,9 @@ def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
         return acc
     acc["accuracy"] = acc["value"] * 100
     for metric in ("images_seen", "train_flops"):  # what each cell's training cost, beside its accuracy
-        acc[metric] = acc["cell_id"].map(ok_metric(rows, metric).groupby("cell_id")["value"].first())
+        acc[metric] = cell_value(acc, rows, metric)
     acc = acc.sort_values("seed")  # values in seed order: seed i of one model pairs with seed i of another
-    keys = [*setting_columns(), "device_name"]
+    keys = [*setting_columns(), "device_name", "machine"]
     summary = acc.groupby(keys, dropna=False, sort=False).agg(
         mean=("accuracy", "mean"), seeds=("seed", "nunique"),
         converged=("converged", lambda c: bool(np.all(c == True))),  # noqa: E712 - None (unknown) is not True
@@ -161,13 +176,13 @@ def samples_of(text) -> list[float]:
     return [float(v) for v in text.split(";")] if isinstance(text, str) and text else []
 
 
-def latency_samples(runs: Runs, device: str | None = None) -> pd.DataFrame:
+def latency_samples(runs: Runs, machine: str | None = None) -> pd.DataFrame:
     """Per model, engine, batch, dtype and image size: `calls`, one list of per-call times (ms) per cell side (the
     eager sides of several paired cells kept apart: a cell's calls share its moment of the machine)."""
-    lat = ok_metric(runs.rows, "latency_p50", **({} if device is None else {"device": device}))
+    lat = ok_metric(runs.rows, "latency_p50", **({} if machine is None else {"machine": machine}))
     lat = lat.dropna(subset=["samples"])
     lat = lat.assign(calls=[samples_of(s) for s in lat["samples"]])
-    return lat.groupby(["device", "label", "family", "engine", "batch_size", "dtype", "img_size"],
+    return lat.groupby(["machine", "label", "family", "engine", "batch_size", "dtype", "img_size"],
                        as_index=False)["calls"].agg(list)
 
 

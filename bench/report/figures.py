@@ -52,7 +52,7 @@ def data_efficiency(runs: Runs) -> str:
     if summary.empty:
         raise Skip("no from-scratch accuracy on a whole dataset (task train_eval; suites/data_efficiency.yaml)")
     parts = []
-    for (protocol, device), group in summary.groupby(["protocol", "device"]):
+    for (protocol, machine), group in summary.groupby(["protocol", "machine"]):
         budgets = sorted(group["budget"].unique(), key=lambda b: group[group["budget"] == b]["subset"].nunique(),
                          reverse=True)
         fig, axes = plt.subplots(1, len(budgets), figsize=(6.4 * len(budgets), 4.4), squeeze=False)
@@ -65,14 +65,14 @@ def data_efficiency(runs: Runs) -> str:
                                 color=style["palette"][label])
             _mark_not_converged(ax, points, "subset", "mean")
             _label_lone_points(ax, points, "subset", "mean")
-            for curve in (c for c in data_curves(runs) if (c.device, c.group) == (device, budget) and c.fit):
+            for curve in (c for c in data_curves(runs) if (c.machine, c.group) == (machine, budget) and c.fit):
                 _draw_fit(ax, curve, style["palette"][curve.label])
             ax.set(xscale="log", xlabel="training images (log; validation: a fixed 1,000 more)",
                    ylabel="test top-1 accuracy (%)", title=f"budget: {budget.label()}")
         _legend_outside(fig, axes[0][0])
-        fig.suptitle(f"Data efficiency on {group['dataset'].iloc[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
+        fig.suptitle(f"Data efficiency on {group['dataset'].iloc[0]}, {machine}: {PROTOCOL_TITLES[protocol]}")
         seeds = f"{int(group['seeds'].min())}-{int(group['seeds'].max())}"
-        parts.append(save(fig, runs.out, f"data_efficiency_{protocol}_{device}.png",
+        parts.append(save(fig, runs.out, f"data_efficiency_{protocol}_{machine}.png",
                           f"Lines: mean over {seeds} seeds, bands: 95 % t interval; ringed: did not converge "
                           "(reached its cap before a validation plateau). Thin lines: the fitted envelope law "
                           "learning curve (converged points only), solid over the measured range, dashed beyond it "
@@ -127,12 +127,12 @@ def latency(runs: Runs) -> str:
     if samples.empty:
         raise Skip("no latency cells (task latency, the deployment study of suites/scaling.yaml)")
     pooled = samples["calls"].map(np.concatenate)
-    table = samples[["device", "engine", "label", "batch_size"]].assign(
+    table = samples[["machine", "engine", "label", "batch_size"]].assign(
         cells=samples["calls"].map(len), calls=pooled.map(len), p50=pooled.map(np.median),
         p99=pooled.map(lambda x: np.percentile(x, 99)),
         cell_p50s=samples["calls"].map(lambda cells: ", ".join(f"{np.median(c):.3g}" for c in cells)))
     parts = []
-    for device, group in table.groupby("device"):
+    for machine, group in table.groupby("machine"):
         engines = sorted(group["engine"].unique(), key=list(ENGINES).index)
         fig, axes = plt.subplots(1, len(engines), figsize=(4.6 * len(engines), 4), squeeze=False, sharey=True)
         labels = sorted(group["label"].unique())
@@ -145,8 +145,8 @@ def latency(runs: Runs) -> str:
             ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
             ax.set(yscale="log", title=engine, ylabel="time per call (ms, log): p50, whisker to p99")
         axes[0][0].legend(fontsize=8)
-        fig.suptitle(f"Deployment latency on {device}: one call at small batches, per engine")
-        parts.append(save(fig, runs.out, f"latency_{device}.png", "Points: median call time; whiskers: the 99th "
+        fig.suptitle(f"Deployment latency on {machine}: one call at small batches, per engine")
+        parts.append(save(fig, runs.out, f"latency_{machine}.png", "Points: median call time; whiskers: the 99th "
                                                                    "percentile, of every call of the model's cells "
                                                                    "pooled. Lower is better; compare models "
                                                                    "within a panel and engines across panels."))
@@ -158,12 +158,12 @@ def latency(runs: Runs) -> str:
 
 
 def crossover_statements(runs: Runs) -> list[str]:
-    """Where the best ViT and the best CNN (means over seeds) swap the lead, per device, protocol and budget."""
+    """Where the best ViT and the best CNN (means over seeds) swap the lead, per machine, protocol and budget."""
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     lines = []
-    for (device, dataset, protocol, budget), group in summary.groupby(["device", "dataset", "protocol", "budget"]):
+    for (machine, dataset, protocol, budget), group in summary.groupby(["machine", "dataset", "protocol", "budget"]):
         best = group.groupby(["family", "subset"])["mean"].max().unstack("family")
-        where = f"{dataset} on {device}, {protocol}, {budget.label()}"
+        where = f"{dataset} on {machine}, {protocol}, {budget.label()}"
         if not {"vit", "cnn"} <= set(best.columns):
             lines.append(f"{where}: only one family measured.")
             continue
@@ -193,7 +193,7 @@ def transfer(runs: Runs) -> str:
     if summary.empty:
         raise Skip("no fine-tune or linear-probe cells (suites/pretraining.yaml)")
     parts = []
-    for (protocol, device, dataset), group in summary.groupby(["protocol", "device", "dataset"]):
+    for (protocol, machine, dataset), group in summary.groupby(["protocol", "machine", "dataset"]):
         group = group.assign(series=group["label"] + ", " + group["route_text"])
         fig, ax = plt.subplots(figsize=(8, 4.8))
         sns.lineplot(data=group.sort_values("subset"), x="subset", y="mean", hue="series", style="route_text",
@@ -203,8 +203,8 @@ def transfer(runs: Runs) -> str:
         _mark_not_converged(ax, group, "subset", "mean")
         ax.set(xscale="log", xlabel=f"labeled training images of {dataset} (log)", ylabel="test top-1 accuracy (%)")
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_title(f"Transfer to {dataset}, {device}, {PROTOCOL_TITLES[protocol]}", fontsize=10)
-        parts.append(save(fig, runs.out, f"transfer_{protocol}_{device}.png",
+        ax.set_title(f"Transfer to {dataset}, {machine}, {PROTOCOL_TITLES[protocol]}", fontsize=10)
+        parts.append(save(fig, runs.out, f"transfer_{protocol}_{machine}.png",
                           "Routes to a ViT with few labels: from scratch, fine-tuned from a masked autoencoder, "
                           "fine-tuned from supervised pretraining, and the ResNet from scratch; bands: seeds."))
     return "\n\n".join(parts)
@@ -216,12 +216,12 @@ def mae_gain(runs: Runs) -> str:
     acc = acc[acc["family"] == "vit"]
     mae = acc[acc["route"] == "mae-finetune"]
     scratch = acc[acc["route"] == "scratch"]
-    keys = ["device", "dataset", "protocol", "budget", "label", "subset", "seed"]
+    keys = ["machine", "dataset", "protocol", "budget", "label", "subset", "seed"]
     pairs = mae.merge(scratch, on=keys, suffixes=("_mae", "_scratch"))
     if pairs.empty:
         raise Skip("needs a ViT fine-tuned from an MAE encoder and the same ViT from scratch on the same subsets")
     pairs["gain"] = (pairs["value_mae"] - pairs["value_scratch"]) * 100
-    table = pairs.groupby(["device", "label", "subset"]).agg(
+    table = pairs.groupby(["machine", "label", "subset"]).agg(
         mae=("value_mae", lambda v: f"{v.mean() * 100:.1f}"),
         scratch=("value_scratch", lambda v: f"{v.mean() * 100:.1f}"),
         gain=("gain", lambda g: f"{g.mean():+.1f} (seeds {', '.join(f'{x:+.1f}' for x in g)})"),
@@ -239,24 +239,24 @@ def accuracy_vs_compute(runs: Runs) -> str:
     costs = runs.rows[runs.rows["metric"].isin(["train_flops", "train_time"]) & (runs.rows["status"] == "ok")]
     if costs["metric"].nunique() < 2:
         raise Skip("the accuracy cells recorded no training FLOPs and time")
-    costs = costs.pivot_table(index="cell_id", columns="metric", values="value", aggfunc="first")
-    acc = acc.join(costs, on="cell_id").assign(accuracy=lambda f: f["value"] * 100)
+    costs = costs.pivot_table(index=["run_dir", "cell_id"], columns="metric", values="value", aggfunc="first")
+    acc = acc.join(costs, on=["run_dir", "cell_id"]).assign(accuracy=lambda f: f["value"] * 100)
     parts = []
-    for (protocol, device), group in acc.groupby(["protocol", "device"]):
+    for (protocol, machine), group in acc.groupby(["protocol", "machine"]):
         fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.4))
         style = style_of(group)
         for ax, x, xlabel in ((axes[0], "train_flops", "training FLOPs (log)"),
-                              (axes[1], "train_time", f"training time on {device} (s, log)")):
+                              (axes[1], "train_time", f"training time on {machine} (s, log)")):
             sns.scatterplot(data=group, x=x, y="accuracy", size="subset", sizes=(25, 160), ax=ax,
                             legend=ax is axes[0], **style)
             ax.set(xscale="log", xlabel=xlabel, ylabel="test top-1 accuracy (%)")
         fitted = frontier_curves(runs) if protocol == "converged" else []  # the frontier is fitted within one regime
-        for curve in (c for c in fitted if c.device == device and c.fit):
+        for curve in (c for c in fitted if c.machine == machine and c.fit):
             colour = "tab:blue" if curve.family == "vit" else "tab:orange"
             _draw_fit(axes[0], curve, colour, factor=10)
         axes[0].legend(fontsize=7, loc="lower right")
-        fig.suptitle(f"Accuracy against training compute, {device}: {PROTOCOL_TITLES[protocol]}")
-        parts.append(save(fig, runs.out, f"accuracy_vs_compute_{protocol}_{device}.png",
+        fig.suptitle(f"Accuracy against training compute, {machine}: {PROTOCOL_TITLES[protocol]}")
+        parts.append(save(fig, runs.out, f"accuracy_vs_compute_{protocol}_{machine}.png",
                           "As in the ViT paper's Figure 5: per cell, accuracy against what it cost to train "
                           "(marker size: training images); the upper-left points are the efficient ones. Lines: each "
                           "family's compute frontier fitted (blue ViT, orange CNN; dashed beyond the measured "
@@ -270,7 +270,7 @@ def training_curves(runs: Runs) -> str:
         raise Skip("no training curves (curves/*.json of accuracy cells)")
     parts = []
     supervised = curves[curves["task"] != "pretrain_mae"]
-    for (protocol, device), group in supervised.groupby(["protocol", "device"]):
+    for (protocol, machine), group in supervised.groupby(["protocol", "machine"]):
         sizes = sorted(group["subset"].dropna().unique())
         for x, xlabel, name in (("epoch", "epochs", "epochs"), ("images_seen", "images seen (log)", "images")):
             fig, axes = plt.subplots(2, len(sizes), figsize=(3.4 * len(sizes), 6), squeeze=False, sharex="col")
@@ -279,7 +279,7 @@ def training_curves(runs: Runs) -> str:
                 for row, (metric, ylabel) in enumerate((("train_loss", "training loss"),
                                                         ("val_accuracy", "validation accuracy"))):
                     ax = axes[row][col]
-                    sns.lineplot(data=points, x=x, y=metric, units="cell_id", estimator=None, ax=ax,
+                    sns.lineplot(data=points, x=x, y=metric, units="curve", estimator=None, ax=ax,
                                  legend=row == 0 and col == 0, **{**style_of(points), "style": "route_text",
                                                                   "markers": False, "style_order": None})
                     ax.set(xlabel=xlabel if row else "", ylabel=ylabel if col == 0 else "",
@@ -288,16 +288,16 @@ def training_curves(runs: Runs) -> str:
                         ax.set_title(f"{int(size):,} images", fontsize=10)
             if axes[0][0].get_legend():
                 axes[0][0].legend(fontsize=6)
-            fig.suptitle(f"Training curves against {xlabel.split(' (')[0]}, {device}: {PROTOCOL_TITLES[protocol]}")
-            parts.append(save(fig, runs.out, f"curves_{protocol}_{device}_{name}.png",
+            fig.suptitle(f"Training curves against {xlabel.split(' (')[0]}, {machine}: {PROTOCOL_TITLES[protocol]}")
+            parts.append(save(fig, runs.out, f"curves_{protocol}_{machine}_{name}.png",
                               "One line per cell (seed); a flat validation curve at the end means the budget "
                               "sufficed, a still-rising one that it did not."))
     mae = curves[curves["task"] == "pretrain_mae"]
     if not mae.empty:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        sns.lineplot(data=mae.melt(id_vars=["images_seen", "cell_id", "label"], value_vars=["train_loss",
+        sns.lineplot(data=mae.melt(id_vars=["images_seen", "curve", "label"], value_vars=["train_loss",
                                                                                              "recon_loss"]),
-                     x="images_seen", y="value", hue="variable", units="cell_id", estimator=None, ax=ax)
+                     x="images_seen", y="value", hue="variable", units="curve", estimator=None, ax=ax)
         ax.set(xscale="log", xlabel="images seen (log)", ylabel="reconstruction loss (masked patches, MSE)")
         fig.suptitle("MAE pretraining: training and held-out reconstruction loss")
         parts.append(save(fig, runs.out, "curves_mae.png", "Held-out loss: the same masks on 2% of the unlabeled "
@@ -319,10 +319,10 @@ def _throughput(runs: Runs, study: str, metrics=("throughput",)) -> pd.DataFrame
 
 def _settings(frame: pd.DataFrame) -> str:
     parts = []
-    for (device, task), g in frame.groupby(["device", "task"]):
+    for (machine, task), g in frame.groupby(["machine", "task"]):
         batches = ", ".join(map(str, sorted(g["batch_size"].unique())))
         sizes = ", ".join(map(str, sorted(g["img_size"].unique())))
-        parts.append(f"{device} {task}: batch {batches}, {sizes} px, {', '.join(sorted(g['dtype'].unique()))}")
+        parts.append(f"{machine} {task}: batch {batches}, {sizes} px, {', '.join(sorted(g['dtype'].unique()))}")
     return "; ".join(parts)
 
 
@@ -331,8 +331,8 @@ def scaling_by_size(runs: Runs) -> str:
     names = []
     for x, xlabel, name in (("params", "parameters (log)", "throughput_vs_params.png"),
                             ("gflops", "forward GFLOPs per image (log)", "throughput_vs_gflops.png")):
-        grid = sns.relplot(data=thr, x=x, y="value", col="task", row="device" if thr["device"].nunique() > 1 else None,
-                           s=70, height=4, aspect=1.2, facet_kws={"sharey": False}, **style_of(thr))
+        grid = sns.relplot(data=thr, x=x, y="value", col="task", row="machine" if thr["machine"].nunique() > 1
+                           else None, s=70, height=4, aspect=1.2, facet_kws={"sharey": False}, **style_of(thr))
         grid.set(xscale="log", yscale="log")
         for (row, col, _), sub in grid.facet_data():
             for _, r in sub.iterrows():
@@ -354,7 +354,7 @@ def patch_size(runs: Runs) -> str:
     for ax, metric, ylabel in ((axes[0], "throughput", "throughput (images/s, log)"),
                                (axes[1], "peak_memory", "peak step memory (MiB, log)")):
         sub = vits[vits["metric"] == metric]
-        sns.lineplot(data=sub, x="tokens", y="value", hue="device", style="task", markers=True, ax=ax,
+        sns.lineplot(data=sub, x="tokens", y="value", hue="machine", style="task", markers=True, ax=ax,
                      estimator="median", errorbar=None)
         ax.set(xscale="log", yscale="log", xlabel="sequence length N = (image/patch)^2 + 1 (log)", ylabel=ylabel)
     fig.suptitle(f"Native ViT: the cost of the sequence length ({_settings(vits)})")
@@ -364,11 +364,11 @@ def patch_size(runs: Runs) -> str:
 
 def image_size(runs: Runs) -> str:
     thr = _throughput(runs, "image-size")
-    thr = thr[thr.groupby(["label", "task", "device"])["img_size"].transform("nunique") > 1]
+    thr = thr[thr.groupby(["label", "task", "machine"])["img_size"].transform("nunique") > 1]
     if thr.empty:
         raise Skip("the image-size study needs a model at two or more image sizes")
     grid = sns.relplot(data=thr, x="img_size", y="value", kind="line", estimator="median", errorbar=None,
-                       col="task", height=4, aspect=1.3, **{**style_of(thr), "style": "device", "markers": True,
+                       col="task", height=4, aspect=1.3, **{**style_of(thr), "style": "machine", "markers": True,
                                                             "style_order": None}, facet_kws={"sharey": False})
     grid.set(yscale="log", xlabel="image size (px)", ylabel="throughput (images/s, log)")
     grid.figure.suptitle(f"Throughput against image size ({_settings(thr)})", y=1.03)
@@ -378,11 +378,11 @@ def image_size(runs: Runs) -> str:
 
 def batch_size(runs: Runs) -> str:
     mem = _throughput(runs, "batch-size", ("peak_memory", "throughput"))
-    mem = mem[mem.groupby(["label", "task", "device", "metric"])["batch_size"].transform("nunique") > 1]
+    mem = mem[mem.groupby(["label", "task", "machine", "metric"])["batch_size"].transform("nunique") > 1]
     if mem.empty:
         raise Skip("the batch-size study needs a model at two or more batch sizes")
     grid = sns.relplot(data=mem, x="batch_size", y="value", col="metric", kind="line", height=4, aspect=1.3,
-                       facet_kws={"sharey": False}, **{**style_of(mem), "style": "device", "markers": True,
+                       facet_kws={"sharey": False}, **{**style_of(mem), "style": "machine", "markers": True,
                                                        "style_order": None})
     grid.set(xscale="log", yscale="log", xlabel="batch size (log)")
     grid.axes.flat[0].set_ylabel("value (MiB or images/s, log)")
@@ -396,7 +396,7 @@ def paired_table(runs: Runs) -> str:
     if ratios.empty:
         raise Skip("no paired cells (compare_to in suites/scaling.yaml)")
     table = pd.DataFrame({
-        "device": ratios["device"], "model": ratios["label"], "engine": ratios["engine"],
+        "device": ratios["machine"], "model": ratios["label"], "engine": ratios["engine"],
         "against": ratios["paired_with"], "task": ratios["task"], "batch": ratios["batch_size"],
         "px": ratios["img_size"], "ratio": ratios["metric"],
         "value": [f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}] ({i.method})" if i.has_interval else
@@ -411,34 +411,34 @@ def paired_table(runs: Runs) -> str:
 
 
 def pareto(runs: Runs) -> str:
+    """Per device model: accuracy at the largest size against inference throughput (the budget with most models)."""
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     thr = unpaired(ok_metric(runs.rows, "throughput", task="infer"))
-    thr = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)]
-    if summary.empty or thr.empty:
-        raise Skip("needs accuracy (data_efficiency) and inference throughput (scaling) from the same device")
-    largest = summary[summary["subset"] == summary.groupby(["protocol", "budget"])["subset"].transform("max")]
-    # one protocol and budget per figure: the one with the most models at its largest size
-    choice = largest.groupby(["device", "protocol", "budget"])["label"].nunique().idxmax()
-    acc = largest.set_index(["device", "protocol", "budget"]).loc[[choice]].reset_index()
-    speed = thr.groupby(["device", "label"], as_index=False)["value"].max()
-    both = acc.merge(speed, on=["device", "label"])
-    if both.empty:
-        raise Skip("no model has both an accuracy and an inference throughput on one device")
-    both = both.sort_values("value", ascending=False)
-    both["front"] = both["mean"] >= both["mean"].cummax()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=both, x="value", y="mean", s=90, ax=ax, **style_of(both))
-    front = both[both["front"]]
-    ax.plot(front["value"], front["mean"], "--", color="grey", label="Pareto front")
-    for _, r in both.iterrows():
-        ax.annotate(r["label"], (r["value"], r["mean"]), fontsize=8, xytext=(4, 2), textcoords="offset points")
-    ax.set(xscale="log", xlabel="inference throughput (images/s, log; scaling suite, largest batch measured)",
-           ylabel=f"test accuracy (%) at {int(acc['subset'].max()):,} images")
-    ax.legend(fontsize=7)
-    device, protocol, budget = choice
-    ax.set_title(f"Accuracy against speed, {device}: {protocol}, {budget.label()}", fontsize=10)
-    return save(fig, runs.out, f"pareto_{device}.png", "Models on the dashed front are the ones to choose from: "
-                                                       "none is both faster and more accurate.")
+    speed = thr[thr["attn_backend_used"].isin(DEFAULT_BACKENDS)].groupby(["machine", "label"], as_index=False)["value"]
+    parts = []
+    for machine, mine in summary.groupby("machine"):
+        largest = mine[mine["subset"] == mine.groupby(["protocol", "budget"])["subset"].transform("max")]
+        protocol, budget = largest.groupby(["protocol", "budget"])["label"].nunique().idxmax()
+        acc = largest[(largest["protocol"] == protocol) & (largest["budget"] == budget)]
+        both = acc.merge(speed.max(), on=["machine", "label"]).sort_values("value", ascending=False)
+        if both.empty:
+            continue
+        both["front"] = both["mean"] >= both["mean"].cummax()
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        sns.scatterplot(data=both, x="value", y="mean", s=90, ax=ax, **style_of(both))
+        front = both[both["front"]]
+        ax.plot(front["value"], front["mean"], "--", color="grey", label="Pareto front")
+        for _, r in both.iterrows():
+            ax.annotate(r["label"], (r["value"], r["mean"]), fontsize=8, xytext=(4, 2), textcoords="offset points")
+        ax.set(xscale="log", xlabel="inference throughput (images/s, log; scaling suite, largest batch measured)",
+               ylabel=f"test accuracy (%) at {int(acc['subset'].max()):,} images")
+        ax.legend(fontsize=7)
+        ax.set_title(f"Accuracy against speed, {machine}: {protocol}, {budget.label()}", fontsize=10)
+        parts.append(save(fig, runs.out, f"pareto_{machine}.png", "Models on the dashed front are the ones to choose "
+                                                                   "from: none is both faster and more accurate."))
+    if not parts:
+        raise Skip("needs accuracy (data_efficiency) and inference throughput (scaling) of a model on one device")
+    return "\n\n".join(parts)
 
 
 def attention_kernels(runs: Runs) -> str:
@@ -453,7 +453,7 @@ def attention_kernels(runs: Runs) -> str:
         sub["pass"] = sub["metric"].map({f"fwd_{kind}": "forward", f"fwd_bwd_{kind}": "forward+backward"})
         sub["series"] = sub["attn_backend"] + " " + sub["dtype"]
         grid = sns.catplot(data=sub, x="shape", y="value", hue="series", col="pass", order=order,
-                           row="device" if sub["device"].nunique() > 1 else None, kind="point",
+                           row="machine" if sub["machine"].nunique() > 1 else None, kind="point",
                            estimator="median", errorbar=None, height=4.2, aspect=1.3, sharey=False)
         if kind == "time":
             grid.set(yscale="log")

@@ -22,7 +22,7 @@ import pandas as pd
 from ..data import input_shape
 from ..results import setting_columns
 from ..stats import Backtest, Crossover, Fit, Interval, NoFit, backtest, chance_error, crossover, fit
-from .data import Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets, ok_metric
+from .data import Runs, accuracy_summary, cell_value, flagged, from_scratch_on_whole_datasets, ok_metric
 
 LAW = "envelope"  # knows the random-guess error: the small sizes bend towards it instead of being left out
 RESAMPLES = 400  # bootstrap refits per curve
@@ -34,7 +34,7 @@ FACTORS = (10, 100)  # forecast at these multiples of the largest measured size
 class Curve:
     """One fitted (or unfittable) learning curve: x (training images, or training FLOPs) -> per-seed errors."""
 
-    device: str
+    machine: str  # the device model (data.machines)
     dataset: str
     group: object  # the budget (data-efficiency curves) or "frontier"
     label: str  # the model, or the family for a compute frontier
@@ -92,17 +92,18 @@ def chance_of(dataset: str) -> float:
 
 @functools.cache
 def data_curves(runs: Runs) -> list[Curve]:
-    """One curve per device, dataset, budget and model of the converged protocol, from scratch on whole datasets."""
+    """One curve per device model, dataset, budget and model of the converged protocol, from scratch on whole
+    datasets."""
     acc = ok_metric(runs.rows, "accuracy", task=["train_eval"], protocol="converged")
     if acc.empty:
         return []
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
     summary = summary[summary["protocol"] == "converged"]
     curves = []
-    for (device, _, dataset, budget, label, dtype), group in summary.groupby(
-            ["device", "device_name", "dataset", "budget", "label", "dtype"]):
+    for (machine, dataset, budget, label, dtype), group in summary.groupby(
+            ["machine", "dataset", "budget", "label", "dtype"]):
         converged = group[group["converged"]]
-        curve = Curve(device, dataset, budget, label, group["family"].iloc[0],
+        curve = Curve(machine, dataset, budget, label, group["family"].iloc[0],
                       {float(n): [1 - v / 100 for v in values] for n, values in zip(converged["subset"],
                                                                                      converged["values"])},
                       chance_of(dataset), f"{dtype}, {budget.label()}",
@@ -121,25 +122,23 @@ def frontier(points: pd.DataFrame) -> pd.DataFrame:
 
 @functools.cache
 def frontier_curves(runs: Runs) -> list[Curve]:
-    """Per device, dataset and family: error against training FLOPs on the family's compute frontier, within the
+    """Per device model, dataset and family: error against training FLOPs on the family's compute frontier, within the
     converged protocol (every setting trained from scratch on a whole dataset, every seed converged; its FLOPs the
     mean over its seeds). Compute-equal cells are another regime (stopped by the clock, not the data) and stay out."""
     rows = ok_metric(runs.rows, "accuracy", task=["train_eval"], protocol="converged")
     rows = rows[(rows["route"] == "scratch") & ~rows["class_subset"].astype(bool) & ~flagged(rows["diverged"])]
     if rows.empty:
         return []
-    rows = rows.assign(flops=rows["cell_id"].map(ok_metric(runs.rows, "train_flops").groupby("cell_id")["value"]
-                                                 .first()))
-    cells = rows.dropna(subset=["flops"]).groupby([*setting_columns(), "device_name"], dropna=False, sort=False).agg(
+    rows = rows.assign(flops=cell_value(rows, runs.rows, "train_flops"))
+    cells = rows.dropna(subset=["flops"]).groupby([*setting_columns(), "machine"], dropna=False, sort=False).agg(
         flops=("flops", "mean"), values=("value", list), family=("family", "first"),
         converged=("converged", "all"))
     cells = cells[cells["converged"]]
     cells["error"] = [1 - sum(v) / len(v) for v in cells["values"]]
     curves = []
-    for (device, _, dataset, family), group in cells.reset_index().groupby(["device", "device_name", "dataset",
-                                                                            "family"]):
+    for (machine, dataset, family), group in cells.reset_index().groupby(["machine", "dataset", "family"]):
         front = frontier(group)
-        curves.append(_fitted(Curve(device, dataset, "frontier", family, family,
+        curves.append(_fitted(Curve(machine, dataset, "frontier", family, family,
                                     {float(f): [1 - v for v in values] for f, values in zip(front["flops"],
                                                                                           front["values"])},
                                     chance_of(dataset), "converged cells")))
@@ -177,11 +176,11 @@ def miss(curve: Curve) -> str:
 
 @functools.cache
 def forecasts(runs: Runs) -> list[Forecast]:
-    """Per device, dataset and budget with a fitted ViT and a fitted CNN: the best of each, forecast."""
+    """Per device model, dataset and budget with a fitted ViT and a fitted CNN: the best of each, forecast."""
     out = []
     groups: dict[tuple, list[Curve]] = {}
     for curve in data_curves(runs):
-        groups.setdefault((curve.device, curve.dataset, curve.group), []).append(curve)
+        groups.setdefault((curve.machine, curve.dataset, curve.group), []).append(curve)
     for curves in groups.values():
         vit, cnn = _best(curves, "vit"), _best(curves, "cnn")
         if vit is None or cnn is None:
