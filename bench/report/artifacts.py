@@ -61,7 +61,7 @@ def artifacts(runs: Runs, metric: str) -> str:
     for _, row in cells.iterrows():
         source = (Path(row["run_dir"]) / row["artifact"]).with_suffix(".pt")  # runs before 2026-12-03 named the PNG
         data = torch.load(source, map_location="cpu", weights_only=True)
-        name = f"{what.replace(' ', '_')}_{row['cell_id']}.png"
+        name = f"{what.replace(' ', '_')}_{Path(row['run_dir']).name}_{row['cell_id']}.png"  # a cell per run dir
         parts.append(save(draw(data, row), runs.out, name, f"{what.capitalize()} of {row['model']} on "
                                                            f"{row['dataset']} (cell {row['cell_id']})."))
     return "\n\n".join(parts)

@@ -32,7 +32,7 @@ MODEL_FACTOR = 4  # the crossover is also forecast for models this many times th
 class Surface:
     """One family's grid: (n, m) -> per-seed errors, the law chosen by back-test and its fit to every cell."""
 
-    device: str
+    device: str  # the device, or the device and its model where the runs hold several (report/data.py: machines)
     dataset: str
     group: object  # the budget rule
     family: str
@@ -87,13 +87,13 @@ def surfaces(runs: Runs) -> list[Surface]:
         return []
     params = runs.rows.dropna(subset=["params"]).groupby("label")["params"].first()
     out = []
-    for (device, _, dataset, budget, family, dtype), group in summary.groupby(
-            ["device", "device_name", "dataset", "budget", "family", "dtype"]):
+    for (machine, dataset, budget, family, dtype), group in summary.groupby(
+            ["machine", "dataset", "budget", "family", "dtype"]):
         if group["label"].nunique() < 2:
             continue
         group = group.assign(m=group["label"].map(params).astype(float))
         converged = group[group["converged"]]
-        surface = Surface(device, dataset, budget, family, dtype,
+        surface = Surface(machine, dataset, budget, family, dtype,
                           {(float(n), m): [1 - v / 100 for v in values]
                            for n, m, values in zip(converged["subset"], converged["m"], converged["values"])},
                           dict(zip(group["m"], group["label"])), chance_of(dataset),
