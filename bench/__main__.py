@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
     except KeyboardInterrupt:
         return _interrupted(signal.SIGINT)
-    except Exception as err:  # noqa: BLE001 - no traceback reaches the user; VITBENCH_DEBUG=1 shows it
+    except Exception as err:
         if os.environ.get("VITBENCH_DEBUG") == "1":
             raise
         return _fail(f"internal error ({type(err).__name__}: {err}); set VITBENCH_DEBUG=1 to see the traceback", 1)

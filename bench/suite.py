@@ -144,7 +144,7 @@ def _read(path: Path) -> tuple[str, Any]:
         raise SuiteError(f"{path}: <file>: not UTF-8 text (byte {err.start}); a suite is a UTF-8 YAML text file") \
             from None
     try:
-        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_StrictLoader)
     except RecursionError:
         raise SuiteError(f"{path}: <file>: nested too deeply; a suite is a few levels of mappings and lists") from None
     except yaml.YAMLError as err:

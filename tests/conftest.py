@@ -19,12 +19,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-from bench import data as data_mod  # noqa: E402
-from bench.paths import CellContext, RunPaths  # noqa: E402
-from bench.results import CellRecord, RowMaker, write_results_csv  # noqa: E402
-from bench.spec import CellSpec  # noqa: E402
+from bench import data as data_mod
+from bench.paths import CellContext, RunPaths
+from bench.results import CellRecord, RowMaker, write_results_csv
+from bench.spec import CellSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "suites" / "smoke.yaml"

@@ -176,7 +176,7 @@ def test_untrusted_checkpoints_never_run_code(tmp_path, smoke_run):
     with pytest.raises(pickle.UnpicklingError):
         load_init(model, info, spec, CellContext("t", "r", run_dir))
     assert not marker.exists()
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(evil, weights_only=True)
     assert not marker.exists()
 

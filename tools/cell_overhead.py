@@ -25,11 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import rundir as rundir_module  # noqa: E402
-from bench.measure.phases import PHASES  # noqa: E402
-from bench.results import rows_frame  # noqa: E402
-from bench.runner import run_suite  # noqa: E402
-from bench.suite import load_suite  # noqa: E402
+from bench import rundir as rundir_module
+from bench.measure.phases import PHASES
+from bench.results import rows_frame
+from bench.runner import run_suite
+from bench.suite import load_suite
 
 SUITE = """name: cell_overhead
 description: three 10-second training cells, to measure what a cell costs beyond its training

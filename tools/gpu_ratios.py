@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.paths import RunPaths  # noqa: E402
-from bench.results import read_results  # noqa: E402
+from bench.paths import RunPaths
+from bench.results import read_results
 
 
 def median(frame: pd.DataFrame, **where) -> float | None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.stats import difference_interval, fit, mean_interval, median_interval  # noqa: E402
-from tests.test_stats import CHANCE, NOISE, TRUE, ratio_coverage, simulate  # noqa: E402
+from bench.stats import difference_interval, fit, mean_interval, median_interval
+from tests.test_stats import CHANCE, NOISE, TRUE, ratio_coverage, simulate
 
 rng = np.random.default_rng(0)
 t = [mean_interval(rng.normal(0.7, 0.02, 3)) for _ in range(5000)]

@@ -251,6 +251,12 @@ def _residual_noise(sigma: float, df: int, residual: float, lack_df: int) -> tup
     return math.sqrt((sigma ** 2 * df + residual) / (df + lack_df)), df + lack_df
 
 
+def _inverse_envelope(error: float, chance: float) -> float:
+    """z such that chance * z / sqrt(1 + z^2) = error (capped below chance)."""
+    ratio = min(error / chance, 0.99)
+    return ratio / math.sqrt(1 - ratio ** 2)
+
+
 def _starts(law: Law, u: np.ndarray, means: np.ndarray, chance: float) -> list[np.ndarray]:
     centre = means[np.argmin(np.abs(u).sum(axis=1))]  # the error near the reference coordinates
     starts = []
@@ -258,9 +264,8 @@ def _starts(law: Law, u: np.ndarray, means: np.ndarray, chance: float) -> list[n
         for floor_share in (0.05, 0.5):
             floor_error = floor_share * means.min()
             if law.floor_param == "c":
-                ratio = lambda e: min(e / chance, 0.99)  # noqa: E731
-                z = lambda e: ratio(e) / math.sqrt(1 - ratio(e) ** 2)  # noqa: E731 - inverse of the envelope
-                floor, scale = z(floor_error), max(z(centre) - z(floor_error), 1e-3) / law.dims
+                floor = _inverse_envelope(floor_error, chance)
+                scale = max(_inverse_envelope(centre, chance) - floor, 1e-3) / law.dims
             else:
                 floor, scale = floor_error, max(centre - floor_error, 1e-3) / law.dims
             starts.append(np.array([scale, exponent] * law.dims + [floor]))

@@ -139,8 +139,8 @@ def load_init(model: torch.nn.Module, info: ModelInfo, spec: CellSpec, ctx: Cell
         try:
             state = timm.create_model(info.variant, pretrained=True).state_dict()
         except Exception as err:  # noqa: BLE001 - offline or not cached: say so plainly
-            raise FileNotFoundError(f"pretrained weights for timm model {info.variant!r} are not available on "
-                                    f"this machine (not in the Hugging Face / timm cache and no network): {err}")
+            raise FileNotFoundError(f"pretrained weights for timm model {info.variant!r} are not available on this "
+                                    f"machine (not in the Hugging Face / timm cache and no network): {err}") from None
         origin = f"timm:{info.variant} pretrained"
     elif init.startswith("file:"):
         path = Path(init[5:])
