@@ -1,5 +1,5 @@
 """Coverage of each interval method at the n the product runs it with: the simulations of tests/test_stats.py
-at more trials (about 3 minutes on 2 cores). The figures in README.md ("How sure") come from this script.
+at more trials (about 3 minutes on 2 cores). The figures in docs/statistics.md ("Intervals") come from this script.
 
     python tools/interval_coverage.py
 """
