@@ -33,7 +33,7 @@ class Recipe:
 
 
 # Recipes per (family, phase). "scratch" trains from scratch under the converged protocol; "scratch-short" under
-# a compute-equal budget (seconds or FLOPs), where the search on validation splits (README, "Recipe search") found
+# a compute-equal budget (seconds or FLOPs), where the search on validation splits (docs/suites.md, "Recipe search") found
 # that crop/flip augmentation, label smoothing and a long warm-up cost more than they give: a 90 s budget on
 # 60,000 images is 1.5 epochs for the ViT.
 RECIPES: dict[tuple[str, str], Recipe] = {
