@@ -165,8 +165,8 @@ ENVIRONMENT = {
     "wall-clock budgets and timings compare only on one device_name", "host": "host name", "timestamp": "row time",
 }
 COLUMNS: dict[str, str] = {**IDENTITY, **REQUESTED, **EFFECTIVE, **MEASUREMENT, **NOISE, **TIMING, **ENVIRONMENT}
-# Renamed from schema 1 (documented in docs/results-schema.md): model / attn_backend / train_size / init were effective values
-# in ok rows; they are now always the requested ones, beside attn_backend_used / train_size_used / init_used.
+# Renamed from schema 1 (docs/results-schema.md): model / attn_backend / train_size / init were effective values in
+# ok rows; they are now always the requested ones, beside attn_backend_used / train_size_used / init_used.
 EFFECTIVE_KEYS = set(EFFECTIVE) | set(NOISE) | set(TIMING)
 
 

@@ -33,9 +33,9 @@ class Recipe:
 
 
 # Recipes per (family, phase). "scratch" trains from scratch under the converged protocol; "scratch-short" under
-# a compute-equal budget (seconds or FLOPs), where the search on validation splits (docs/suites.md, "Recipe search") found
-# that crop/flip augmentation, label smoothing and a long warm-up cost more than they give: a 90 s budget on
-# 60,000 images is 1.5 epochs for the ViT.
+# a compute-equal budget (seconds or FLOPs), where the search on validation splits (docs/suites.md, "Recipe
+# search") found that crop/flip augmentation, label smoothing and a long warm-up cost more than they give: a 90 s
+# budget on 60,000 images is 1.5 epochs for the ViT.
 RECIPES: dict[tuple[str, str], Recipe] = {
     ("vit", "scratch"): Recipe("adamw", lr=1e-3, weight_decay=0.05, warmup_frac=0.05, label_smoothing=0.1),
     ("vit", "scratch-short"): Recipe("adamw", lr=1e-3, weight_decay=0.1, warmup_frac=0.02, crop_pad=0, flip=False),
