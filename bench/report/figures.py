@@ -418,6 +418,8 @@ def pareto(runs: Runs) -> str:
     parts = []
     for machine, mine in summary.groupby("machine"):
         largest = mine[mine["subset"] == mine.groupby(["protocol", "budget"])["subset"].transform("max")]
+        if largest.empty:  # no protocol recorded: nothing to choose a budget by
+            continue
         protocol, budget = largest.groupby(["protocol", "budget"])["label"].nunique().idxmax()
         acc = largest[(largest["protocol"] == protocol) & (largest["budget"] == budget)]
         both = acc.merge(speed.max(), on=["machine", "label"]).sort_values("value", ascending=False)
