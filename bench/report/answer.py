@@ -389,7 +389,7 @@ def answer(runs: Runs) -> str:
     parts = ["## Answer", ""]
     for machine, mine in runs.rows.groupby("machine"):
         only, (device, name) = dataclasses.replace(runs, rows=mine), mine[["device", "device_name"]].iloc[0]
-        lines = (accuracy_answer(only, machine) + grid_answer(only, device) + forecast_answer(only, machine)
+        lines = (accuracy_answer(only, machine) + grid_answer(only, machine) + forecast_answer(only, machine)
                  + transfer_answer(only, machine) + fastest_answer(only, machine) + latency_answer(only, machine)
                  + speed_answer(only, machine))
         if lines:

@@ -42,6 +42,7 @@ class Surface:
     chance: float
     left_out: list[tuple[float, str]] = field(default_factory=list)  # (n, label) of cells that did not converge
     tried: dict[str, Backtest | NoFit] = field(default_factory=dict)  # every law's back-test or why none
+    untested: str = ""  # why no law could be back-tested ('' when one was)
     fit: Fit | None = None
     why_not: str = ""
 
@@ -69,9 +70,14 @@ class Surface:
 
 
 def _fitted(surface: Surface) -> Surface:
+    """The law that back-tests better, fitted to every cell; without a possible back-test, the envelope law (the
+    reference form), said to be untested."""
     try:
         law, surface.tried = choose_law(surface.points, LAWS_2D, chance=surface.chance,
                                         threshold=RELIABLE_POINTS / 100, resamples=RESAMPLES)
+    except NoFit as why:
+        law, surface.untested = LAWS_2D[0], f"without the held-out corner, {why}"
+    try:
         surface.fit = fit(surface.points, law, chance=surface.chance, resamples=RESAMPLES)
     except NoFit as why:
         surface.why_not = str(why)
@@ -170,7 +176,8 @@ def _law_words(surface: Surface) -> str:
     """The law kept, the other's back-test, and each exponent and the ceiling, identified or said not to be."""
     others = [f"{law}: " + (f"off by {b.mean_abs_error * 100:.1f} points" if isinstance(b, Backtest) else str(b))
               for law, b in surface.tried.items() if law != surface.fit.law.name]
-    words = [f"law {surface.fit.law.name} ({surface.fit.law.formula}; kept over {'; '.join(others)})"]
+    chosen = f"kept over {'; '.join(others)}" if others else "the reference form: no law could be back-tested"
+    words = [f"law {surface.fit.law.name} ({surface.fit.law.formula}; {chosen})"]
     for param in surface.fit.parameters():
         if param.name in ("alpha", "beta"):
             interval = param.interval
@@ -186,7 +193,7 @@ def _law_words(surface: Surface) -> str:
 def _backtest_words(surface: Surface) -> str:
     test = surface.backtest
     if test is None:
-        return f"no held-out-corner back-test ({surface.tried.get(surface.fit.law.name)})"
+        return f"no held-out-corner back-test ({surface.untested or surface.tried.get(surface.fit.law.name)})"
     error = test.mean_abs_error * 100
     verdict = ("goal met" if error <= GOAL_POINTS else "reliable, short of the 2-point goal"
                if error <= RELIABLE_POINTS else "UNRELIABLE (more than 3 points off)")
@@ -270,9 +277,9 @@ def growth_line(surface: Surface) -> str:
             f"of the fit; {'reliable' if surface.reliable else 'UNRELIABLE'} surface)")
 
 
-def grid_answer(runs: Runs, device: str) -> list[str]:
+def grid_answer(runs: Runs, machine: str) -> list[str]:
     lines = []
-    for vit, cnn in pairs(device, runs):
+    for vit, cnn in pairs(machine, runs):
         lines += [f"**Model size x data size on {vit.dataset}** (converged protocol, {vit.group.label()}; one 2-D "
                   "law per family fitted to every converged cell, parametric-bootstrap 95 % intervals; "
                   "[figures](#model-size-x-data-size)):", "", surface_line(vit), surface_line(cnn), ""]
