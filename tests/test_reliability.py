@@ -73,18 +73,22 @@ def test_a_runner_killed_with_sigkill_takes_its_running_cell_along(tmp_path):
         proc.kill()
 
 
+# a data-parallel cell of two ranks that trains for minutes unless stopped (the tests stop it)
+DATA_PARALLEL_CELL = """
+    grid:
+      model: ["vit:Mu/7"]
+      task: [train_eval]
+      dataset: [fashion-mnist]
+      img_size: [28]
+      nproc: [2]
+      budget: [{epochs: 50}]
+"""
+
+
 @needs_fmnist
 @pytest.mark.slow
 def test_sigterm_takes_the_data_parallel_ranks_along(tmp_path):
-    suite = suite_file(tmp_path, """
-        grid:
-          model: ["vit:Mu/7"]
-          task: [train_eval]
-          dataset: [fashion-mnist]
-          img_size: [28]
-          nproc: [2]
-          budget: [{epochs: 50}]
-    """)
+    suite = suite_file(tmp_path, DATA_PARALLEL_CELL)
     run_dir = tmp_path / "run"
     proc = runner(suite, run_dir)
     try:
@@ -102,15 +106,7 @@ def test_sigterm_takes_the_data_parallel_ranks_along(tmp_path):
 def test_a_runner_killed_while_ranks_start_takes_them_along(tmp_path):
     """SIGKILL as soon as the first rank exists (still importing torch, before any line of its own): the cell's
     whole process group goes with it, the ranks and multiprocessing's resource tracker included."""
-    suite = suite_file(tmp_path, """
-        grid:
-          model: ["vit:Mu/7"]
-          task: [train_eval]
-          dataset: [fashion-mnist]
-          img_size: [28]
-          nproc: [2]
-          budget: [{epochs: 50}]
-    """)
+    suite = suite_file(tmp_path, DATA_PARALLEL_CELL)
     run_dir = tmp_path / "run"
     proc = runner(suite, run_dir)
     try:

@@ -10,17 +10,9 @@ import torch
 from bench import training
 from bench.data import Split, TrainData
 from bench.models import build_model
-from bench.spec import Budget, CellSpec
-from bench.tasks import TASKS
+from bench.spec import Budget
 from bench.training.loop import Objective, TrainResult
-
-
-def accuracy_spec(**kw) -> CellSpec:
-    settings = dict(model="resnet20", task="train_eval", batch_size=64, img_size=28, dataset="fashion-mnist",
-                    train_size=2000, budget=Budget(epochs=1.0))
-    settings.update(kw)
-    spec = CellSpec(**settings)
-    return TASKS[spec.task].check(spec)
+from tests.test_accuracy import accuracy_spec
 
 
 def random_data() -> TrainData:
