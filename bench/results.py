@@ -7,8 +7,7 @@ key is an error, never dropped. Columns come in groups:
                failure rows
   effective    what actually ran: family, impl, params, attn_backend_used, train_size_used, ...
   measurement  metric, value, unit, p20, p80, samples (the raw per-repeat values), ci_low/ci_high, status, error
-  noise        machine load around throughput cells and the noisy flag
-  timing       where the cell's time went (startup, data, setup, train, eval, write) and its wall time
+  noise, timing  machine load around throughput cells, the noisy flag; where the cell's time went, its wall time
   environment  code_version, git_sha, torch, timm, triton, gpu, host, timestamp
 
 Files: each finished cell's rows go to cells/<cell_id>.json first (atomic); results.csv is derived from those
@@ -84,6 +83,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            FRACTION),
     Metric("checkpoint_accuracy", "fraction", "higher", "accuracy", "test accuracy the checkpoint was saved with",
            FRACTION),
+    Metric("robust_accuracy", "fraction", "higher", "accuracy", "top-1 accuracy on the robustness test subset under "
+           "`condition` at `level` (bench/tasks/robustness.py)", FRACTION),
+    Metric("ece", "fraction", "lower", "accuracy", "expected calibration error, 15 bins, on the robustness subset: "
+           "`condition` clean, or pooled over every corrupted image", FRACTION),
     Metric("test_loss", "nats", "lower", "accuracy", "cross-entropy on the test split"),
     Metric("train_loss", "mse", "lower", "accuracy", "MAE: training reconstruction loss at the end"),
     Metric("recon_loss", "mse", "lower", "accuracy", "MAE: reconstruction loss of held-out images' masked patches"),
@@ -100,8 +103,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 
 IDENTITY = {
     "schema_version": f"version of this schema ({SCHEMA_VERSION})",
-    "suite": "suite name",
-    "run_id": "run directory name",
+    "suite": "suite name", "run_id": "run directory name",
     "cell_id": "12 hex digits identifying the cell's requested settings",
 }
 REQUESTED = {name: f"requested: {f.metadata['help']}" for name, f in AXES.items()}
@@ -132,6 +134,8 @@ EFFECTIVE = {
     "engine_detail": "how the engine ran (compile mode; ONNX Runtime's provider, threads, version)",
     "effective_batch": "data-parallel: global batch (batch_size_used x nproc)",
     "artifact": "a file the cell wrote, relative to the run dir (a figure and its data)",
+    "condition": "robustness: clean, a corruption, patch_drop_aligned / _offset or patch_shuffle",
+    "level": "robustness: a corruption's severity (1-5), the share of the image dropped, or shuffled cells per side",
     "method_version": "version of the task's measurement method: results of two versions are not comparable",
     "diverged": "why the training is no measurement ('' = it is): test accuracy at chance, or a loss that rose "
                 "tenfold; such cells never count as converged and stay out of the report's answer",
@@ -213,8 +217,8 @@ class RowMaker:
         if metric not in METRICS:
             raise SchemaError(f"unregistered metric {metric!r}: add it to METRICS in bench/results.py first")
         row = {**self.base, **override, "metric": metric, "value": value, "unit": METRICS[metric].unit, "p20": p20,
-               "p80": p80,
-               "n_repeats": n_repeats, "ci_low": ci_low, "ci_high": ci_high, "status": status, "error": error,
+               "p80": p80, "n_repeats": n_repeats, "ci_low": ci_low, "ci_high": ci_high, "status": status,
+               "error": error,
                "samples": ";".join(f"{s:.6g}" for s in samples) if samples is not None else None,
                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _check_keys(row)
@@ -283,7 +287,7 @@ class CellRecord:
         return cls(spec, check_rows(spec, data["rows"]))
 
 
-NUMBERS = ("value", "p20", "p80", "n_repeats", "ci_low", "ci_high", "params", "gflops", *TIMING)
+NUMBERS = ("value", "p20", "p80", "n_repeats", "ci_low", "ci_high", "params", "gflops", "level", *TIMING)
 
 
 def check_rows(spec: CellSpec, rows: Any) -> list[dict]:

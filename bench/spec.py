@@ -5,10 +5,9 @@ this one edit, plus its name in the declaration of each task that reads it (benc
 once, at suite expansion, and flows unchanged to the cell process (as JSON) and into every result row (one column
 per field: the *requested* values; what actually ran is in the rows' effective columns, see bench/results.py).
 
-This module is the bottom of the package: it imports nothing of bench. Its checks are per value and know no
-registry; what a value may name (a model, a dataset, a task, a recipe key) is checked by the registry that owns
-it (each registry's AXIS_CHECKS, applied by the suite layer, bench/suite.py), and rules that involve several
-axes belong to the task (bench/tasks/). Checks may normalise a value and raise SpecError with a one-line reason.
+The bottom of the package: it imports nothing of bench. Checks are per value and know no registry: what a value
+may name (a model, a dataset, a task) is checked by the registry that owns it (AXIS_CHECKS, applied by
+bench/suite.py); rules across axes belong to the task. Checks may normalise and raise SpecError (one line).
 """
 
 from __future__ import annotations
@@ -287,19 +286,20 @@ class CellSpec:
                                          "(fashion-mnist:0-4), mae:<dataset>, timm, or file:<state dict>")
     mae: dict | None = axis(None, mapping, "pretrain_mae: {mask_ratio, decoder_depth, decoder_dim, decoder_heads, "
                                         "norm_pix_loss}")
-    pool: str = axis("cls", choice("cls", "mean"), "linear_probe: features of the class token or the mean of the "
-                                                    "patch tokens")
+    pool: str = axis("cls", choice("cls", "mean"), "linear_probe: the class token's features or the patch tokens' mean")
+    robustness: dict | None = axis(None, mapping, "robustness: {corruptions: [names], severities: [1..5]} "
+                                                  "(bench/corruptions.py; default: every corruption, severities 1-5)")
     nproc: int = axis(1, positive_int, "accuracy tasks: data-parallel processes in the cell (torch.distributed; "
                                        "batch_size is per process)")
-    compare_to: dict | None = axis(None, _compare_to, "infer/train/latency: time this cell against another model, "
-                                                      "backend or engine alternately in one process ({model, "
-                                                      "attn_backend, compile, dtype, engine}); gives their ratio")
+    compare_to: dict | None = axis(None, _compare_to, "infer/train/latency: time against another {model, attn_backend, "
+                                                      "compile, dtype, engine}, alternately in one process: the ratio")
     calls: int = axis(200, positive_int, "latency: timed calls, each timed alone (a tenth as many warm-up calls "
                                          "before them)")
     # Set by the suite, not the grid:
-    init_cell: str | None = axis(None, optional(text), "the cell whose checkpoint a finetune, linear_probe or rollout "
-                                                       "cell reads (resolved from init when the suite is expanded)",
-                                 grid=False)
+    init_cell: str | None = axis(None, optional(text), "the cell whose checkpoint a finetune, linear_probe, rollout "
+                                                       "or robustness cell reads (resolved by the suite)", grid=False)
+    keep_checkpoint: bool = axis(False, boolean, "a cell of this run reads this cell's checkpoint: keep its best "
+                                                 "weights (set by the suite)", grid=False, identity=False)
     study: tuple[str, ...] = axis((), _study, "tags of the grid entries this cell came from (report studies)",
                                   grid=False, identity=False)
     device: str = axis("cpu", choice(*DEVICES), "where the cell runs", grid=False)

@@ -331,17 +331,22 @@ def _expand(path: Path, grids, include, exclude, fixed: dict) -> list[CellSpec]:
         cells[spec.cell_id] = spec
     if not cells:
         raise _fail(path, "grid", "no cells left after include/exclude")
-    return [_link_checkpoint(path, spec, cells.values()) for spec in cells.values()]
+    linked = [_link_checkpoint(path, spec, cells.values()) for spec in cells.values()]
+    read = {spec.init_cell for spec in linked}
+    return [spec.replace(keep_checkpoint=True) if spec.cell_id in read else spec for spec in linked]
 
 
 def _link_checkpoint(path: Path, spec: CellSpec, cells) -> CellSpec:
-    """A cell that reads a checkpoint, linked to the one cell that writes it (same model, image size, seed)."""
+    """A cell that reads a checkpoint, linked to the one cell that writes it (CheckpointRef: one of its tasks, on
+    its dataset, with the reader's values of its `same` axes)."""
     ref = TASKS[spec.task].reads_checkpoint(spec)
     if ref is None:
         return spec
-    writers = [c for c in cells if (c.task, c.dataset, c.model, c.img_size, c.seed)
-               == (ref.task, ref.dataset, spec.model, spec.img_size, spec.seed)]
-    what = f"a {ref.task} cell of {spec.model} on {ref.dataset} at {spec.img_size} px, seed {spec.seed}"
+    writers = [c for c in cells if c.task in ref.tasks and c.dataset == ref.dataset
+               and all(getattr(c, name) == getattr(spec, name) for name in ref.same if name != "dataset")]
+    same = ", ".join(f"{name} {spec.column_value(name)}" for name in ref.same
+                     if name == "seed" or name != "dataset" and getattr(spec, name) != AXES[name].default)
+    what = f"a {' or '.join(ref.tasks)} cell on {ref.dataset} with {same}"
     if not writers:
         raise _fail(path, f"grid: cell {_shown(spec)}", f"reads the checkpoint of {what}, and the suite has none; "
                                                         "add that cell to the grid")

@@ -159,6 +159,8 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
                 maker.row("peak_memory", spec.batch_size * info["params"] / 1e6, n_repeats=1)]
         if spec.compare_to:
             made.append(maker.row("throughput_ratio", 1.08, ci_low=1.05, ci_high=1.11, n_repeats=10))
+    elif spec.task == "robustness":
+        made = _robustness_rows(spec, ctx, rng)
     else:
         info = info_of(spec)
         size = min(spec.train_size or 59_000, 59_000)
@@ -175,6 +177,29 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
         row.update(gpu=H100 if spec.device == "cuda" else "", device_name=H100 if spec.device == "cuda" else "cpu x",
                    **timing)
     return made
+
+
+def _robustness_rows(spec: CellSpec, ctx: CellContext, rng) -> list[dict]:
+    """A robustness cell's rows: accuracy falling with severity and share dropped, the ViT's more slowly under
+    occlusion, the CNN's more slowly under noise; more training data helps both."""
+    from bench.corruptions import CORRUPTIONS
+
+    info = info_of(spec)
+    maker = RowMaker(spec, ctx, **info)
+    vit = info["family"] == "vit"
+    clean = (0.9 if spec.train_size is None else 0.8) - (0.05 if vit else 0.0) + rng.normal(0, 0.005)
+    rows = [maker.row("robust_accuracy", clean, n_repeats=1, condition="clean", level=0)]
+    for name, corruption in CORRUPTIONS.items():
+        slope = 0.08 if (corruption.group == "noise") == vit else 0.05
+        rows += [maker.row("robust_accuracy", max(0.1, clean - slope * s + rng.normal(0, 0.01)), n_repeats=1,
+                           condition=name, level=s) for s in range(1, 6)]
+    for grid in ("aligned", "offset"):
+        rows += [maker.row("robust_accuracy", max(0.1, clean - (0.5 if vit else 0.8) * k / 16), n_repeats=1,
+                           condition=f"patch_drop_{grid}", level=k / 16) for k in (0, 2, 3, 5, 6, 8, 10, 11, 13, 14)]
+    rows += [maker.row("robust_accuracy", clean * 0.7, n_repeats=1, condition="patch_shuffle", level=g)
+             for g in (2, 4, 7)]
+    return rows + [maker.row("ece", 0.03 + 0.02 * vit, n_repeats=1, condition="clean"),
+                   maker.row("ece", 0.15 + 0.05 * vit, n_repeats=1, condition="corrupted")]
 
 
 def write_run(path: Path, records: list[CellRecord], env: dict | None = None) -> Path:

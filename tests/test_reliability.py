@@ -224,8 +224,8 @@ def test_diverged_cells_stay_out_of_the_answer(tmp_path):
      "dataset: ['fashion-mnist:5-9'], img_size: [28], budget: [{epochs: 1}]}]",
      "the suite has 2 of them (they differ in train_size): keep one"),
     ("{model: ['vit:Mu/7'], task: [finetune], init: ['mae:fashion-mnist'], dataset: ['fashion-mnist:5-9'], "
-     "img_size: [28], budget: [{epochs: 1}]}", "reads the checkpoint of a pretrain_mae cell of vit:Mu/7 on "
-                                              "fashion-mnist at 28 px, seed 0, and the suite has none"),
+     "img_size: [28], budget: [{epochs: 1}]}", "reads the checkpoint of a pretrain_mae cell on fashion-mnist "
+                                              "with model vit:Mu/7, img_size 28, seed 0, and the suite has none"),
 ])
 def test_cells_that_cannot_measure_are_refused_at_validation(tmp_path, grid, message):
     with pytest.raises(SuiteError, match=message.replace("(", r"\(").replace(")", r"\)")):

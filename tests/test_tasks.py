@@ -23,6 +23,7 @@ BASE = {  # a valid cell of each task, as a suite's grid writes it
     "linear_probe": {**TRAINING, "init": "fashion-mnist:0-4"},
     "pretrain_mae": TRAINING,
     "rollout": {"model": "vit:Mu/7", "img_size": 28, "dataset": "fashion-mnist"},
+    "robustness": {"model": "vit:Mu/7", "img_size": 28, "dataset": "fashion-mnist"},
 }
 EXAMPLES = {  # a non-default value of each grid axis (but task) that every task reading it accepts on its BASE cell
     "model": "vit:Mu/4",
@@ -46,6 +47,7 @@ EXAMPLES = {  # a non-default value of each grid axis (but task) that every task
     "nproc": 2,
     "compare_to": {"attn_backend": "math"},
     "calls": 50,
+    "robustness": {"corruptions": ["rotate"], "severities": [1, 3]},
 }
 CROSSED = [axis for axis in GRID_AXES if axis != "task"]  # the task axis picks the task
 

@@ -12,7 +12,7 @@ import pandas as pd
 from ..env import ENVIRONMENT_KEYS
 from ..measure.phases import PHASES
 from ..results import setting_columns
-from . import figures, grid_figures
+from . import figures, grid_figures, robustness
 from .artifacts import artifacts
 from .answer import answer
 from .data import Runs, flagged, load
@@ -22,6 +22,7 @@ SECTIONS = [  # (title, figure function)
     ("Data efficiency", figures.data_efficiency),
     ("Model size x data size", grid_figures.model_data_grid),
     ("Transfer and self-supervised pretraining", figures.transfer),
+    ("Robustness: corruptions, occlusion, calibration", robustness.section),
     ("MAE gain over training from scratch", figures.mae_gain),
     ("MAE reconstructions", lambda runs: artifacts(runs, "recon_loss")),
     ("Learning-curve back-test", figures.backtest_figure),

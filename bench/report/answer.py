@@ -25,6 +25,7 @@ from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scrat
 from .figures import crossover_statements
 from .fits import Curve, accuracy, data_curves, forecasts, frontier_curves
 from .grid import grid_answer
+from .robustness import robustness_answer
 
 THRESHOLDS = (80.0, 85.0, 90.0)  # "the fastest model at or above X% test accuracy"
 
@@ -390,8 +391,8 @@ def answer(runs: Runs) -> str:
     for machine, mine in runs.rows.groupby("machine"):
         only, (device, name) = dataclasses.replace(runs, rows=mine), mine[["device", "device_name"]].iloc[0]
         lines = (accuracy_answer(only, machine) + grid_answer(only, machine) + forecast_answer(only, machine)
-                 + transfer_answer(only, machine) + fastest_answer(only, machine) + latency_answer(only, machine)
-                 + speed_answer(only, machine))
+                 + transfer_answer(only, machine) + robustness_answer(only, machine) + fastest_answer(only, machine)
+                 + latency_answer(only, machine) + speed_answer(only, machine))
         if lines:
             parts += [f"### On {device} ({name if isinstance(name, str) else '?'})", ""] + lines
     if len(parts) == 2:

@@ -87,6 +87,7 @@ def one_rule_per_protocol(rows: pd.DataFrame) -> pd.DataFrame:
     becomes the rule (the cell records keep the budget that ran)."""
     budgets = rows["budget"]
     converged = np.array([isinstance(b, Budget) and b.protocol == "converged" for b in budgets], dtype=bool)
+    converged &= rows["train_size_used"].notna().to_numpy()  # a training cell's rows (not a reader's, robustness)
     if not converged.any():
         return rows
     mine = rows[converged]

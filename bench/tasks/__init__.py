@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from .. import data, models, training
 from ..spec import choice
-from . import attention, latency, mae, rollout, supervised, throughput
+from . import attention, latency, mae, robustness, rollout, supervised, throughput
 from .common import Task
 
 TASKS: dict[str, Task] = {task.name: task for task in (*throughput.TASKS, *latency.TASKS, *attention.TASKS,
-                                                        *supervised.TASKS, *mae.TASKS, *rollout.TASKS)}
+                                                        *supervised.TASKS, *mae.TASKS, *rollout.TASKS,
+                                                        *robustness.TASKS)}
 AXIS_CHECKS = {"task": choice(*TASKS), **models.AXIS_CHECKS, **data.AXIS_CHECKS, **training.AXIS_CHECKS,
-               **supervised.AXIS_CHECKS, **mae.AXIS_CHECKS}
+               **supervised.AXIS_CHECKS, **mae.AXIS_CHECKS, **robustness.AXIS_CHECKS}
 
 
 def describe_tasks() -> str:

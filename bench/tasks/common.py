@@ -46,11 +46,13 @@ def reads(*axes: str, **values: tuple[str, ...]) -> Reads:
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    """The checkpoint a cell reads: that of this run's `task` cell on `dataset` with the reader's model, image
-    size and seed (the suite resolves it to that cell's id, spec.init_cell)."""
+    """The checkpoint a cell reads: that of the one cell of this run whose task is one of `tasks`, on `dataset`,
+    with the reader's values of the axes `same` (the suite resolves it to that cell's id, spec.init_cell, and marks
+    that cell keep_checkpoint)."""
 
-    task: str
+    tasks: tuple[str, ...]
     dataset: str
+    same: tuple[str, ...] = ("model", "img_size", "seed")
 
 
 def reads_nothing(spec: CellSpec) -> CheckpointRef | None:

@@ -66,7 +66,7 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
 
 
 def pretrain_checkpoint(spec: CellSpec) -> CheckpointRef:
-    return CheckpointRef("pretrain", spec.dataset)
+    return CheckpointRef(("pretrain",), spec.dataset)
 
 
 TASKS = (Task("rollout", "accuracy", 2, READS, check, run,

@@ -72,8 +72,8 @@ def init_checkpoint(spec: CellSpec) -> CheckpointRef | None:
     if spec.init is None or spec.init == "timm" or spec.init.startswith("file:"):
         return None
     if spec.init.startswith("mae:"):
-        return CheckpointRef("pretrain_mae", spec.init[4:])
-    return CheckpointRef("pretrain", spec.init)
+        return CheckpointRef(("pretrain_mae",), spec.init[4:])
+    return CheckpointRef(("pretrain",), spec.init)
 
 
 def check_training(spec: CellSpec) -> CellSpec:
@@ -204,7 +204,7 @@ def run_ranks(spec: CellSpec, ctx: CellContext, ranks: Ranks) -> list[dict] | No
     phase("write")
     result.curve.write(ctx.paths.curve(spec.cell_id), spec=spec.to_dict(), init=origin,
                        recipe=dataclasses.asdict(recipe))
-    if start.keeps_weights:
+    if start.keeps_weights or spec.keep_checkpoint:
         save_checkpoint({"model": result.model.state_dict(), "spec": spec.to_dict(), "accuracy": test.accuracy},
                         ctx.paths.checkpoint(spec.cell_id))
 
