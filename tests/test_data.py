@@ -1,5 +1,5 @@
-"""Data (bench/data/readers.py): where a dataset is found. A folder the user names (VITBENCH_DATA) is used, or refused with
-one line saying what it lacks; never replaced by another place without a word."""
+"""Data (bench/data/readers.py): where a dataset is found. A folder the user names (VITBENCH_DATA) is used, or refused
+with one line saying what it lacks; never replaced by another place without a word."""
 
 import pytest
 

@@ -12,7 +12,7 @@ import pandas as pd
 from ..env import ENVIRONMENT_KEYS
 from ..measure.phases import PHASES
 from ..results import setting_columns
-from . import figures, grid_figures
+from . import figures, grid_figures, tables
 from .artifacts import artifacts
 from .answer import answer
 from .data import Runs, flagged, load
@@ -22,7 +22,7 @@ SECTIONS = [  # (title, figure function)
     ("Data efficiency", figures.data_efficiency),
     ("Model size x data size", grid_figures.model_data_grid),
     ("Transfer and self-supervised pretraining", figures.transfer),
-    ("MAE gain over training from scratch", figures.mae_gain),
+    ("MAE gain over training from scratch", tables.mae_gain),
     ("MAE reconstructions", lambda runs: artifacts(runs, "recon_loss")),
     ("Learning-curve back-test", figures.backtest_figure),
     ("Accuracy against training compute", figures.accuracy_vs_compute),
@@ -32,7 +32,7 @@ SECTIONS = [  # (title, figure function)
     ("Image size", figures.image_size),
     ("Batch size", figures.batch_size),
     ("Deployment latency", figures.latency),
-    ("Paired comparisons", figures.paired_table),
+    ("Paired comparisons", tables.paired_table),
     ("Accuracy against speed", figures.pareto),
     ("Attention kernels", figures.attention_kernels),
     ("Attention maps", lambda runs: artifacts(runs, "checkpoint_accuracy")),
