@@ -1,7 +1,7 @@
 """python -m bench report RUN_DIR [RUN_DIR ...]: report.md, opening with the answer (generated from the data),
 then seaborn figures by study, short tables, and the full metrics as CSV beside it. Reads result files only.
 Several run dirs (a CPU run and a GPU run, or runs on two CPU models) are facetted or sectioned by device model
-(data.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each."""
+(frame.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..results import setting_columns
 from . import figures, grid_figures, tables
 from .artifacts import artifacts
 from .answer import answer
-from .data import Runs, flagged, load
+from .frame import Runs, flagged, load
 from .style import Skip
 
 SECTIONS = [  # (title, figure function)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..stats import COVERAGE, Interval, blocks_of, difference_interval, mean_interval, ratio_of_medians_interval
 from ..tasks.latency import BLOCK as LATENCY_BLOCK
-from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets,
+from .frame import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets,
                    latency_samples, ok_metric, paired_ratio, samples_of, unpaired)
 from .tables import crossover_statements
 from .fits import Curve, accuracy, data_curves, forecasts, frontier_curves

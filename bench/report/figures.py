@@ -12,7 +12,7 @@ import seaborn as sns
 
 from ..spec import ENGINES
 
-from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study, ok_metric,
+from .frame import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study, ok_metric,
                    unpaired)
 from .fits import accuracy, data_curves, frontier_curves
 from .style import Skip, save, style_of

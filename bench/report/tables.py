@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import Runs, accuracy_summary, from_scratch_on_whole_datasets, latency_samples, ok_metric, paired_ratio
+from .frame import Runs, accuracy_summary, from_scratch_on_whole_datasets, latency_samples, ok_metric, paired_ratio
 from .style import Skip
 
 
