@@ -134,7 +134,7 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
                              ("fwd_tflops", 4 * B * H * N * N * D / t / 1e12),
                              ("fwd_bwd_tflops", 4 * B * H * N * N * D / t / 1e12))]
     elif spec.task == "latency":
-        from bench.tasks.throughput import other_requested, other_side, side_label
+        from bench.tasks.pairing import other_requested, other_side, side_label
 
         info = info_of(spec)
         made, makers = [], []
@@ -148,7 +148,7 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
                      for m, v in zip(("latency_p50", "latency_p90", "latency_p99"), q)]
         made.append(makers[0].row("latency_ratio", 0.5, ci_low=0.45, ci_high=0.55, n_repeats=5))
     elif spec.task in ("infer", "train"):
-        from bench.tasks.throughput import other_side, side_label
+        from bench.tasks.pairing import other_side, side_label
 
         info = info_of(spec)
         paired = {"paired_with": side_label(other_side(spec), spec)} if spec.compare_to else {}
