@@ -97,6 +97,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("engine_max_error", "abs", "lower", "error", "a non-eager engine's max abs error against eager, same input"),
     Metric("status", "", "neither", "status", "a failed or skipped cell: see status and error"),
 )}
+HEADLINE = tuple(METRICS[n].name for n in ("throughput", "throughput_ratio", "latency_p50", "latency_ratio",
+                                           "peak_memory", "accuracy", "fwd_time", "fwd_bwd_time"))  # runner summary
 
 IDENTITY = {
     "schema_version": f"version of this schema ({SCHEMA_VERSION})",

@@ -23,7 +23,7 @@ import pandas as pd
 from .measure.phases import PHASES
 from .measure.noise import excess
 from .paths import CellContext, RunPaths
-from .results import CellRecord, rows_frame, setting_columns
+from .results import HEADLINE, CellRecord, rows_frame, setting_columns
 from .rundir import RunDir
 from .suite import Suite
 from .tasks import TASKS
@@ -208,13 +208,9 @@ def noisy_warning(noisy: list[NoisyCell], cells: int, run_dir: Path, worst: int 
     return "\n".join(lines)
 
 
-HEADLINE = ("throughput", "throughput_ratio", "latency_p50", "latency_ratio", "peak_memory", "accuracy", "fwd_time",
-            "fwd_bwd_time")
-
-
 def summary_table(rows: list[dict]) -> str:
-    """Median over seeds of the headline metrics per setting (the spec's axes that vary in these rows), plus the
-    cells' status counts."""
+    """Median over seeds of the headline metrics (results.HEADLINE) per setting (the spec's axes that vary in these
+    rows), plus the cells' status counts."""
     frame = rows_frame(rows)
     if frame.empty:
         return "(no results)"

@@ -296,7 +296,7 @@ def latency_answer(runs: Runs, machine: str) -> list[str]:
         if cnns.empty:
             continue
         cnn = cnns.loc[cnns["calls"].map(lambda cells: np.median(np.concatenate(cells))).idxmin()]
-        for _, vit in group[(group["family"] == "vit") & group["label"].str.startswith("vit:")].iterrows():
+        for _, vit in group[(group["family"] == "vit") & (group["impl"] == "native")].iterrows():
             ratio = ratio_of_medians_interval([blocks_of(c, LATENCY_BLOCK) for c in vit["calls"]],
                                               [blocks_of(c, LATENCY_BLOCK) for c in cnn["calls"]])
             lines.append(f"- {engine}, batch {int(batch)}, {px} px {dtype}: `{vit['label']}` / `{cnn['label']}` "

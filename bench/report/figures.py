@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..results import METRICS
 from ..spec import ENGINES
 
 from .frame import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study, ok_metric,
@@ -372,9 +373,11 @@ def attention_kernels(runs: Runs) -> str:
     att["shape"] = ["x".join(map(str, shape)) for shape in att["attn_shape"]]
     order = ["x".join(map(str, s)) for s in sorted(set(att["attn_shape"]), key=lambda s: (s[2], s))]
     parts = []
-    for kind, unit in (("time", "ms"), ("tflops", "TFLOP/s")):
-        sub = att[att["metric"].isin([f"fwd_{kind}", f"fwd_bwd_{kind}"])].copy()
-        sub["pass"] = sub["metric"].map({f"fwd_{kind}": "forward", f"fwd_bwd_{kind}": "forward+backward"})
+    for kind, passes in (("time", {"fwd_time": "forward", "fwd_bwd_time": "forward+backward"}),
+                         ("tflops", {"fwd_tflops": "forward", "fwd_bwd_tflops": "forward+backward"})):
+        unit = METRICS[next(iter(passes))].unit
+        sub = att[att["metric"].isin(list(passes))].copy()
+        sub["pass"] = sub["metric"].map(passes)
         sub["series"] = sub["attn_backend"] + " " + sub["dtype"]
         grid = sns.catplot(data=sub, x="shape", y="value", hue="series", col="pass", order=order,
                            row="machine" if sub["machine"].nunique() > 1 else None, kind="point",
