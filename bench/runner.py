@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .measure.phases import PHASES
+from .measure.phases import phase_split
 from .measure.noise import excess
 from .paths import CellContext, RunPaths
 from .results import HEADLINE, CellRecord, rows_frame, setting_columns
@@ -232,10 +232,9 @@ def time_summary(rows: list[dict]) -> str:
     """Where the suite's time went: the cells' wall time split into startup, data, setup, train, eval, write and
     the rest (the runner's own share: process start and reaping, recording)."""
     frame = rows_frame(rows).drop_duplicates("cell_id")
-    wall = frame["cell_wall_s"].sum()
+    parts = phase_split(frame)
+    wall = parts.pop("wall")
     if not wall:
         return ""
-    parts = {name: frame[f"{name}_s"].sum() for name in PHASES}
-    parts["other"] = max(0.0, wall - sum(parts.values()))
     shares = ", ".join(f"{name} {seconds:.0f} s ({seconds / wall:.0%})" for name, seconds in parts.items())
     return f"time: {wall:.0f} s in {len(frame)} cells: {shares}"

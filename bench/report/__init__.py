@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..env import ENVIRONMENT_KEYS
-from ..measure.phases import PHASES
+from ..measure.phases import phase_split
 from ..results import setting_columns
 from . import figures, grid_figures, tables
 from .artifacts import artifacts
@@ -115,17 +115,16 @@ def metrics_csv(runs: Runs, out: Path) -> str:
 
 def time_table(runs: Runs) -> str:
     """Where each run's time went, per device model: its cells' wall time split into phases
-    (bench/measure/phases.py)."""
+    (bench/measure/phases.py: phase_split, as the runner's time summary)."""
     cells = runs.rows.drop_duplicates(["run_dir", "cell_id"])
     if cells["cell_wall_s"].isna().all():
         return "_No timing breakdown in these runs._"
-    columns = [f"{name}_s" for name in PHASES]
-    table = cells.groupby(["run_dir", "machine"]).agg(cells=("cell_id", "size"), wall_s=("cell_wall_s", "sum"),
-                                         **{c: (c, "sum") for c in columns})
-    table["other_s"] = (table["wall_s"] - table[columns].sum(axis=1)).clip(lower=0)
+    table = pd.DataFrame([{"run_dir": run_dir, "machine": machine, "cells": len(group),
+                           **{f"{name}_s": seconds for name, seconds in phase_split(group).items()}}
+                          for (run_dir, machine), group in cells.groupby(["run_dir", "machine"])])
     table["overhead per cell (s)"] = (table["wall_s"] - table["train_s"]) / table["cells"]
     return ("Seconds summed over each run's cells (train: the timed region; other: process start and reaping as the "
-            "runner saw it).\n\n" + table.reset_index().to_markdown(index=False, floatfmt=".1f"))
+            "runner saw it).\n\n" + table.to_markdown(index=False, floatfmt=".1f"))
 
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:
