@@ -100,6 +100,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("engine_max_error", "abs", "lower", "error", "a non-eager engine's max abs error against eager, same input"),
     Metric("status", "", "neither", "status", "a failed or skipped cell: see status and error"),
 )}
+HEADLINE = tuple(METRICS[n].name for n in ("throughput", "throughput_ratio", "latency_p50", "latency_ratio",
+                                           "peak_memory", "accuracy", "fwd_time", "fwd_bwd_time"))  # runner summary
 
 IDENTITY = {
     "schema_version": f"version of this schema ({SCHEMA_VERSION})",
@@ -128,8 +130,7 @@ EFFECTIVE = {
                  "before the cap (False at the cap, and for the other protocols)",
     "stopped_early": "training ended by its schedule (a plateau) before the budget's cap",
     "channels_last": "CNN ran in channels_last layout",
-    "concurrency": "accuracy cells sharing the device",
-    "placement": "where the cell ran (executor:host:device)",
+    "concurrency": "accuracy cells sharing the device", "placement": "where the cell ran (executor:host:device)",
     "paired_with": "paired timing: the other side's model / backend / engine",
     "engine_detail": "how the engine ran (compile mode; ONNX Runtime's provider, threads, version)",
     "effective_batch": "data-parallel: global batch (batch_size_used x nproc)",
@@ -147,8 +148,7 @@ MEASUREMENT = {
     "n_repeats": "repeats behind the value", "samples": "raw per-repeat values, ';'-separated",
     "ci_low": "interval of a paired ratio's median, low: order statistics of the repeats' ratios, 95 % or more "
               "(5 repeats: their range, 94 %; bench/stats/intervals.py); empty with fewer",
-    "ci_high": "the same, high",
-    "status": " | ".join(STATUSES), "error": "why a cell failed or was skipped",
+    "ci_high": "the same, high", "status": " | ".join(STATUSES), "error": "why a cell failed or was skipped",
 }
 NOISE = {
     "load_before": "1-minute load average before the cell's timing", "load_after": "the same, after",

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .measure.phases import PHASES
+from .measure.phases import phase_split
 from .measure.noise import excess
 from .paths import CellContext, RunPaths
-from .results import CellRecord, rows_frame, setting_columns
+from .results import HEADLINE, CellRecord, rows_frame, setting_columns
 from .rundir import RunDir
 from .suite import Suite
 from .tasks import TASKS
@@ -208,13 +208,9 @@ def noisy_warning(noisy: list[NoisyCell], cells: int, run_dir: Path, worst: int 
     return "\n".join(lines)
 
 
-HEADLINE = ("throughput", "throughput_ratio", "latency_p50", "latency_ratio", "peak_memory", "accuracy", "fwd_time",
-            "fwd_bwd_time")
-
-
 def summary_table(rows: list[dict]) -> str:
-    """Median over seeds of the headline metrics per setting (the spec's axes that vary in these rows), plus the
-    cells' status counts."""
+    """Median over seeds of the headline metrics (results.HEADLINE) per setting (the spec's axes that vary in these
+    rows), plus the cells' status counts."""
     frame = rows_frame(rows)
     if frame.empty:
         return "(no results)"
@@ -236,10 +232,9 @@ def time_summary(rows: list[dict]) -> str:
     """Where the suite's time went: the cells' wall time split into startup, data, setup, train, eval, write and
     the rest (the runner's own share: process start and reaping, recording)."""
     frame = rows_frame(rows).drop_duplicates("cell_id")
-    wall = frame["cell_wall_s"].sum()
+    parts = phase_split(frame)
+    wall = parts.pop("wall")
     if not wall:
         return ""
-    parts = {name: frame[f"{name}_s"].sum() for name in PHASES}
-    parts["other"] = max(0.0, wall - sum(parts.values()))
     shares = ", ".join(f"{name} {seconds:.0f} s ({seconds / wall:.0%})" for name, seconds in parts.items())
     return f"time: {wall:.0f} s in {len(frame)} cells: {shares}"

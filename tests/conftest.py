@@ -21,7 +21,7 @@ if not torch.cuda.is_available():
 
 import pytest
 
-from bench import data as data_mod
+from bench.data import readers
 from bench.paths import CellContext, RunPaths
 from bench.results import CellRecord, RowMaker, write_results_csv
 from bench.spec import CellSpec
@@ -31,7 +31,7 @@ SMOKE = ROOT / "suites" / "smoke.yaml"
 H100 = "NVIDIA H100 80GB HBM3"
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 HAVE_FMNIST = any((p / "train-labels-idx1-ubyte.gz").exists() or (p / "train-labels-idx1-ubyte").exists()
-                  for p in data_mod.fashion_mnist_search_path())
+                  for p in readers.fashion_mnist_search_path())
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="Fashion-MNIST not installed (tools/install.sh)")
 ONE_CELL = "repeats: 1\nwarmup: 0\niters: 1\ngrid:\n  model: [resnet20]\n  img_size: [28]\n  batch_size: [2]\n"
 
@@ -134,7 +134,7 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
                              ("fwd_tflops", 4 * B * H * N * N * D / t / 1e12),
                              ("fwd_bwd_tflops", 4 * B * H * N * N * D / t / 1e12))]
     elif spec.task == "latency":
-        from bench.tasks.throughput import other_requested, other_side, side_label
+        from bench.tasks.pairing import other_requested, other_side, side_label
 
         info = info_of(spec)
         made, makers = [], []
@@ -148,7 +148,7 @@ def fake_rows(spec: CellSpec, rng) -> list[dict]:
                      for m, v in zip(("latency_p50", "latency_p90", "latency_p99"), q)]
         made.append(makers[0].row("latency_ratio", 0.5, ci_low=0.45, ci_high=0.55, n_repeats=5))
     elif spec.task in ("infer", "train"):
-        from bench.tasks.throughput import other_side, side_label
+        from bench.tasks.pairing import other_side, side_label
 
         info = info_of(spec)
         paired = {"paired_with": side_label(other_side(spec), spec)} if spec.compare_to else {}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import data as data_mod
+from bench.data import readers
 from bench import training
 from bench.cell import run_cell
 from bench.data import DataNotFoundError, DeviceAugment, load_test, load_train
@@ -30,7 +30,7 @@ from tests.conftest import ROOT, fake_fashion, needs_fmnist
 def test_vitbench_data_is_searched_alone(tmp_path, monkeypatch):
     fake_fashion(tmp_path / "fashion-mnist")
     monkeypatch.setenv("VITBENCH_DATA", str(tmp_path))
-    assert data_mod.fashion_mnist_search_path() == [tmp_path / "fashion-mnist", tmp_path / "FashionMNIST" / "raw"]
+    assert readers.fashion_mnist_search_path() == [tmp_path / "fashion-mnist", tmp_path / "FashionMNIST" / "raw"]
     data = load_train("fashion-mnist", 28)
     assert data.train.x.shape == (40, 1, 28, 28) and load_test("fashion-mnist", 28).x.shape == (20, 1, 28, 28)
     assert int(data.train.x.max()) == 7 and data.num_classes == 10  # the fake files, not the real ones
@@ -46,8 +46,8 @@ def test_class_range_relabels(tmp_path, monkeypatch):
 
 
 def test_missing_data_names_places_and_remedies(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "fashion_mnist_search_path", lambda: [tmp_path / "a", tmp_path / "b"])
-    monkeypatch.setattr(data_mod.Path, "home", lambda: tmp_path / "home")
+    monkeypatch.setattr(readers, "fashion_mnist_search_path", lambda: [tmp_path / "a", tmp_path / "b"])
+    monkeypatch.setattr(readers.Path, "home", lambda: tmp_path / "home")
 
     def offline(*args, **kwargs):
         raise RuntimeError("network unreachable")
@@ -66,7 +66,7 @@ def test_truncated_idx_is_rejected(tmp_path):
     with gzip.open(path, "wb") as f:
         f.write(struct.pack(">BBBBI", 0, 0, 8, 1, 100) + b"\x00" * 10)
     with pytest.raises(ValueError, match="truncated"):
-        data_mod.read_idx(path)
+        readers.read_idx(path)
 
 
 def test_synthetic_is_not_a_dataset_for_accuracy():
@@ -131,7 +131,7 @@ def test_imagefolder_loads_and_resizes(tmp_path):
     data = load_train(name, img_size=16)
     assert data.train.x.shape == (6, 3, 16, 16) and load_test(name, 16).x.shape == (4, 3, 16, 16)
     assert data.classes == ("cat", "dog") and data.train.x.dtype == torch.uint8
-    assert data_mod.input_shape(name, 3, 1000) == (3, 2)
+    assert readers.input_shape(name, 3, 1000) == (3, 2)
     with pytest.raises(DataNotFoundError, match="no train folder"):
         load_train(f"imagefolder:{tmp_path / 'train'}", 16)
 

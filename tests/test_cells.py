@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from bench import data as data_mod
+from bench.data import readers
 from bench.measure.phases import PHASES
 from bench.runner import run_suite
 from bench.suite import load_suite
@@ -78,11 +79,11 @@ def test_the_dataset_cache_is_used_invalidated_by_a_changed_source_and_rebuilt_w
     entries = sorted((tmp_path / "cache" / "data").glob("*.x.npy"))
     assert len(entries) == 1 and int(first.train.x.max()) == 3
 
-    real_read = data_mod.read_idx
-    monkeypatch.setattr(data_mod, "read_idx", lambda *a, **k: pytest.fail("decoded again instead of the cache"))
+    real_read = readers.read_idx
+    monkeypatch.setattr(readers, "read_idx", lambda *a, **k: pytest.fail("decoded again instead of the cache"))
     cached = data_mod.load_train("fashion-mnist", 28)
     assert cached.checksum == first.checksum and bool((cached.train.x == first.train.x).all())
-    monkeypatch.setattr(data_mod, "read_idx", real_read)
+    monkeypatch.setattr(readers, "read_idx", real_read)
 
     fake_fashion(tmp_path / "data2" / "fashion-mnist", value=9)  # a changed source: new bytes, same names
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):

@@ -1,9 +1,9 @@
-"""Data (bench/data.py): where a dataset is found. A folder the user names (VITBENCH_DATA) is used, or refused with
-one line saying what it lacks; never replaced by another place without a word."""
+"""Data (bench/data/readers.py): where a dataset is found. A folder the user names (VITBENCH_DATA) is used, or refused
+with one line saying what it lacks; never replaced by another place without a word."""
 
 import pytest
 
-from bench import data as data_mod
+from bench.data import readers
 from bench.data import DataNotFoundError, load_train
 from tests.conftest import fake_fashion
 
@@ -25,7 +25,7 @@ def test_a_named_data_folder_is_used_or_refused_never_replaced(named_and_default
     fake_fashion(named, value=1)
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):  # the training files only
         (named / name).unlink()
-    assert data_mod.fashion_mnist_search_path() == [named, named_and_default / "FashionMNIST" / "raw"]
+    assert readers.fashion_mnist_search_path() == [named, named_and_default / "FashionMNIST" / "raw"]
     with pytest.raises(DataNotFoundError) as err:
         load_train("fashion-mnist", 28)  # used the Debian package's folder or ./data before, without a word
     message = str(err.value)
@@ -40,6 +40,6 @@ def test_a_named_data_folder_is_used_or_refused_never_replaced(named_and_default
 
 def test_the_default_search_order_falls_back_when_no_folder_is_named(named_and_default, monkeypatch):
     monkeypatch.delenv("VITBENCH_DATA")
-    monkeypatch.setattr(data_mod, "fashion_mnist_search_path",
-                        lambda: [named_and_default / "absent", data_mod.Path("data") / "FashionMNIST" / "raw"])
+    monkeypatch.setattr(readers, "fashion_mnist_search_path",
+                        lambda: [named_and_default / "absent", readers.Path("data") / "FashionMNIST" / "raw"])
     assert int(load_train("fashion-mnist", 28).train.x.max()) == 2

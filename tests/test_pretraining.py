@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import data as data_mod
+from bench.data import readers
 from bench.cell import run_cell
 from bench.paths import CellContext
 from bench.report.artifacts import DRAWERS
@@ -50,14 +50,14 @@ def test_probe_and_init_rules():
 def test_mae_pretrains_without_labels_then_fine_tunes_and_probes(tmp_path, monkeypatch):
     ctx = CellContext("t", "r", tmp_path)
     monkeypatch.setenv("VITBENCH_CACHE", str(tmp_path / "cache"))  # decoded here, not read from a cache
-    real_read = data_mod.read_idx
+    real_read = readers.read_idx
 
     def no_labels(path, ndim=None):
         assert "labels" not in Path(path).name, "pretrain_mae opened a label file"
         return real_read(path, ndim)
 
     with monkeypatch.context() as patch:
-        patch.setattr(data_mod, "read_idx", no_labels)
+        patch.setattr(readers, "read_idx", no_labels)
         mae_spec = cell()
         rows = {r["metric"]: r for r in run_cell(mae_spec, ctx)}
     assert {r["status"] for r in rows.values()} == {"ok"}, rows

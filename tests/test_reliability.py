@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bench import data as data_mod
+from bench.data import readers
 from bench.__main__ import main
 from bench.results import CellRecord
 from bench.suite import SuiteError, load_suite
@@ -178,7 +179,7 @@ def test_both_splits_come_from_one_place_and_rows_record_it(tmp_path, monkeypatc
     fake_fashion(partial, value=1)
     (partial / "t10k-labels-idx1-ubyte.gz").unlink()  # only three of the four files here
     fake_fashion(whole / "FashionMNIST" / "raw", value=2)
-    monkeypatch.setattr(data_mod, "fashion_mnist_search_path",
+    monkeypatch.setattr(readers, "fashion_mnist_search_path",
                         lambda: [partial, whole / "FashionMNIST" / "raw"])
     monkeypatch.setenv("VITBENCH_CACHE", str(tmp_path / "cache"))
     data = data_mod.load_train("fashion-mnist", 28)

@@ -160,10 +160,10 @@ def test_crossover_found_and_absent(tmp_path):
                + accuracy_records(tmp_path, "resnet20", dict(zip(sizes, (0.70, 0.80, 0.86, 0.90))).get, sizes, (0,), 0))
     write_run(tmp_path / "run", records)
     runs = report_mod.load([tmp_path / "run"], tmp_path)
-    (statement,) = report_mod.figures.crossover_statements(runs)
+    (statement,) = report_mod.tables.crossover_statements(runs)
     assert "ViT overtakes CNN between 8,000 and 60,000 images (estimated crossover ~" in statement
     runs.rows = runs.rows[~((runs.rows["model"] == "vit:Ti/4") & (runs.rows["subset"] == 60000))]
-    (statement,) = report_mod.figures.crossover_statements(runs)
+    (statement,) = report_mod.tables.crossover_statements(runs)
     assert "no crossover in the measured range (500-8,000 images); CNN leads by" in statement
 
 
@@ -284,7 +284,7 @@ def test_two_device_models_are_two_lines_everywhere_and_no_cell_is_dropped_acros
     assert {"data_efficiency_converged_cpu-intel-xeon-8375c.png",
             "data_efficiency_converged_cpu-amd-epyc-7b13.png"} <= set(saved)
     assert "](data_efficiency_converged_cpu-amd-epyc-7b13.png)" in answer
-    statements = report_mod.figures.crossover_statements(runs)
+    statements = report_mod.tables.crossover_statements(runs)
     assert len(statements) == 2 and all("CNN leads by" in s for s in statements)
     assert {s.split(", ")[0] for s in statements} == {"fashion-mnist on cpu-intel-xeon-8375c",
                                                       "fashion-mnist on cpu-amd-epyc-7b13"}

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.measure.phases import PHASES, phase_split
 from bench.results import COLUMNS, SCHEMA_VERSION
-from bench.runner import ProgressLog
+from bench.runner import ProgressLog, time_summary
 from bench.spec import CellSpec
 from tests.conftest import ONE_CELL, ROOT, SMOKE, bench, cell_processes, suite_file, wait_for
 
@@ -241,3 +242,15 @@ def test_the_noisy_cells_warning_is_sized_for_a_person(tmp_path):
     assert "bs7 " in lines[1] and "spread p80/p20 3.00" in lines[1] and "bs200 " in lines[2] and "bs199 " in lines[3]
     assert lines[4].endswith("noisy column of results/scaling/r1/results.csv")
     assert lines[5].endswith("python -m bench report results/scaling/r1")
+
+
+def test_one_phase_split_for_the_runner_and_the_report():
+    """phase_split sums the cells' wall time and phases, the rest is `other`, never below 0; the runner's time
+    summary prints it (the report's time table calls it per run and device model)."""
+    cells = pd.DataFrame({"cell_id": ["a", "b"], "cell_wall_s": [10.0, 5.0], **{f"{p}_s": [1.0, 1.0] for p in PHASES}})
+    assert phase_split(cells) == {"wall": 15.0, **{p: 2.0 for p in PHASES}, "other": 3.0}
+    assert phase_split(cells.assign(cell_wall_s=[1.0, 1.0]))["other"] == 0.0  # phases past the wall: clocks differ
+    rows = [{**row, "metric": "throughput", "value": 1.0, "status": "ok"} for row in cells.to_dict("records")]
+    assert time_summary(rows).startswith("time: 15 s in 2 cells: startup 2 s (13%), data 2 s (13%)")
+    assert time_summary(rows).endswith("other 3 s (20%)")
+

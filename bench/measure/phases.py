@@ -45,3 +45,12 @@ STOPWATCH = Stopwatch()  # the cell process's
 
 def phase(name: str) -> str | None:
     return STOPWATCH.switch(name)
+
+
+def phase_split(cells) -> dict[str, float]:
+    """Where the cells' time went, summed over `cells` (a frame, one row per cell, with cell_wall_s and a
+    <phase>_s column per phase): {"wall": their wall time, one entry per phase, "other": the wall time no phase
+    holds (process start and reaping, recording: the runner's own share), never below 0}."""
+    wall = float(cells["cell_wall_s"].sum())
+    parts = {name: float(cells[f"{name}_s"].sum()) for name in PHASES}
+    return {"wall": wall, **parts, "other": max(0.0, wall - sum(parts.values()))}

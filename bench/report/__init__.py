@@ -1,7 +1,7 @@
 """python -m bench report RUN_DIR [RUN_DIR ...]: report.md, opening with the answer (generated from the data),
 then seaborn figures by study, short tables, and the full metrics as CSV beside it. Reads result files only.
 Several run dirs (a CPU run and a GPU run, or runs on two CPU models) are facetted or sectioned by device model
-(data.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each."""
+(frame.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 
 from ..env import ENVIRONMENT_KEYS
-from ..measure.phases import PHASES
+from ..measure.phases import phase_split
 from ..results import setting_columns
-from . import figures, grid_figures, robustness
+from . import figures, grid_figures, robustness, tables
 from .artifacts import artifacts
 from .answer import answer
-from .data import Runs, flagged, load
+from .frame import Runs, flagged, load
 from .style import Skip
 
 SECTIONS = [  # (title, figure function)
@@ -23,7 +23,7 @@ SECTIONS = [  # (title, figure function)
     ("Model size x data size", grid_figures.model_data_grid),
     ("Transfer and self-supervised pretraining", figures.transfer),
     ("Robustness: corruptions, occlusion, calibration", robustness.section),
-    ("MAE gain over training from scratch", figures.mae_gain),
+    ("MAE gain over training from scratch", tables.mae_gain),
     ("MAE reconstructions", lambda runs: artifacts(runs, "recon_loss")),
     ("Learning-curve back-test", figures.backtest_figure),
     ("Accuracy against training compute", figures.accuracy_vs_compute),
@@ -33,7 +33,7 @@ SECTIONS = [  # (title, figure function)
     ("Image size", figures.image_size),
     ("Batch size", figures.batch_size),
     ("Deployment latency", figures.latency),
-    ("Paired comparisons", figures.paired_table),
+    ("Paired comparisons", tables.paired_table),
     ("Accuracy against speed", figures.pareto),
     ("Attention kernels", figures.attention_kernels),
     ("Attention maps", lambda runs: artifacts(runs, "checkpoint_accuracy")),
@@ -116,17 +116,16 @@ def metrics_csv(runs: Runs, out: Path) -> str:
 
 def time_table(runs: Runs) -> str:
     """Where each run's time went, per device model: its cells' wall time split into phases
-    (bench/measure/phases.py)."""
+    (bench/measure/phases.py: phase_split, as the runner's time summary)."""
     cells = runs.rows.drop_duplicates(["run_dir", "cell_id"])
     if cells["cell_wall_s"].isna().all():
         return "_No timing breakdown in these runs._"
-    columns = [f"{name}_s" for name in PHASES]
-    table = cells.groupby(["run_dir", "machine"]).agg(cells=("cell_id", "size"), wall_s=("cell_wall_s", "sum"),
-                                         **{c: (c, "sum") for c in columns})
-    table["other_s"] = (table["wall_s"] - table[columns].sum(axis=1)).clip(lower=0)
+    table = pd.DataFrame([{"run_dir": run_dir, "machine": machine, "cells": len(group),
+                           **{f"{name}_s": seconds for name, seconds in phase_split(group).items()}}
+                          for (run_dir, machine), group in cells.groupby(["run_dir", "machine"])])
     table["overhead per cell (s)"] = (table["wall_s"] - table["train_s"]) / table["cells"]
     return ("Seconds summed over each run's cells (train: the timed region; other: process start and reaping as the "
-            "runner saw it).\n\n" + table.reset_index().to_markdown(index=False, floatfmt=".1f"))
+            "runner saw it).\n\n" + table.to_markdown(index=False, floatfmt=".1f"))
 
 
 def write_report(run_dirs: list[Path], out: Path) -> Path:

@@ -20,9 +20,9 @@ import pandas as pd
 
 from ..stats import COVERAGE, Interval, blocks_of, difference_interval, mean_interval, ratio_of_medians_interval
 from ..tasks.latency import BLOCK as LATENCY_BLOCK
-from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets,
+from .frame import (DEFAULT_BACKENDS, Runs, accuracy_summary, flagged, from_scratch_on_whole_datasets,
                    latency_samples, ok_metric, paired_ratio, samples_of, unpaired)
-from .figures import crossover_statements
+from .tables import crossover_statements
 from .fits import Curve, accuracy, data_curves, forecasts, frontier_curves
 from .grid import grid_answer
 from .robustness import robustness_answer
@@ -297,7 +297,7 @@ def latency_answer(runs: Runs, machine: str) -> list[str]:
         if cnns.empty:
             continue
         cnn = cnns.loc[cnns["calls"].map(lambda cells: np.median(np.concatenate(cells))).idxmin()]
-        for _, vit in group[(group["family"] == "vit") & group["label"].str.startswith("vit:")].iterrows():
+        for _, vit in group[(group["family"] == "vit") & (group["impl"] == "native")].iterrows():
             ratio = ratio_of_medians_interval([blocks_of(c, LATENCY_BLOCK) for c in vit["calls"]],
                                               [blocks_of(c, LATENCY_BLOCK) for c in cnn["calls"]])
             lines.append(f"- {engine}, batch {int(batch)}, {px} px {dtype}: `{vit['label']}` / `{cnn['label']}` "

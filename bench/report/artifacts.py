@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from .data import Runs, ok_metric
+from .frame import Runs, ok_metric
 from .style import Skip, save
 
 

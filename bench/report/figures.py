@@ -1,6 +1,7 @@
 """The report's figures. Each takes the loaded runs and returns markdown (images with a one-line caption each) or
-raises Skip(reason). Throughput figures select cells by their suite's study tag; accuracy figures never mix
-budget protocols (one figure per protocol) and mark points that did not converge."""
+raises Skip(reason); the tables beside them come from bench/report/tables.py. Throughput figures select cells by
+their suite's study tag; accuracy figures never mix budget protocols (one figure per protocol) and mark points that
+did not converge."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..results import METRICS
 from ..spec import ENGINES
 
-from .data import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study,
-                   latency_samples, ok_metric, paired_ratio, unpaired)
+from .frame import (DEFAULT_BACKENDS, Runs, accuracy_summary, from_scratch_on_whole_datasets, in_study, ok_metric,
+                   unpaired)
 from .fits import accuracy, data_curves, frontier_curves
 from .style import Skip, save, style_of
+from .tables import crossover_statements, latency_percentiles, latency_table
 
 PROTOCOL_TITLES = {"converged": "converged (until a validation plateau, best checkpoint)",
                    "fixed": "fixed (a set number of epochs)",
@@ -123,14 +126,7 @@ def backtest_figure(runs: Runs) -> str:
 def latency(runs: Runs) -> str:
     """Median call time with whiskers to the 99th percentile, per engine, model and batch: percentiles of every
     call of the model's cells pooled (never an average of the cells' percentiles), with the cells' own medians."""
-    samples = latency_samples(runs)
-    if samples.empty:
-        raise Skip("no latency cells (task latency, the deployment study of suites/scaling.yaml)")
-    pooled = samples["calls"].map(np.concatenate)
-    table = samples[["machine", "engine", "label", "batch_size"]].assign(
-        cells=samples["calls"].map(len), calls=pooled.map(len), p50=pooled.map(np.median),
-        p99=pooled.map(lambda x: np.percentile(x, 99)),
-        cell_p50s=samples["calls"].map(lambda cells: ", ".join(f"{np.median(c):.3g}" for c in cells)))
+    table = latency_percentiles(runs)
     parts = []
     for machine, group in table.groupby("machine"):
         engines = sorted(group["engine"].unique(), key=list(ENGINES).index)
@@ -150,40 +146,8 @@ def latency(runs: Runs) -> str:
                                                                    "percentile, of every call of the model's cells "
                                                                    "pooled. Lower is better; compare models "
                                                                    "within a panel and engines across panels."))
-        shown = group.assign(p50=group["p50"].map("{:.3g}".format), p99=group["p99"].map("{:.3g}".format))
-        parts.append(shown.rename(columns={"label": "model", "batch_size": "batch", "p50": "p50 (ms)",
-                                           "p99": "p99 (ms)", "cell_p50s": "each cell's p50 (ms)"})
-                     .to_markdown(index=False))
+        parts.append(latency_table(group))
     return "\n\n".join(parts)
-
-
-def crossover_statements(runs: Runs) -> list[str]:
-    """Where the best ViT and the best CNN (means over seeds) swap the lead, per machine, protocol and budget."""
-    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
-    lines = []
-    for (machine, dataset, protocol, budget), group in summary.groupby(["machine", "dataset", "protocol", "budget"]):
-        best = group.groupby(["family", "subset"])["mean"].max().unstack("family")
-        where = f"{dataset} on {machine}, {protocol}, {budget.label()}"
-        if not {"vit", "cnn"} <= set(best.columns):
-            lines.append(f"{where}: only one family measured.")
-            continue
-        gap = (best["vit"] - best["cnn"]).dropna().sort_index()
-        lead = lambda g: "ViT" if g > 0 else "CNN"  # noqa: E731
-        if len(gap) == 1:
-            n, g = gap.index[0], gap.iloc[0]
-            lines.append(f"{where}: one size measured ({int(n):,} images): {lead(g)} leads by {abs(g):.1f} points.")
-            continue
-        crossings = [(a, b) for a, b in zip(gap.index[:-1], gap.index[1:]) if np.sign(gap[a]) != np.sign(gap[b])]
-        if not crossings:
-            lines.append(f"{where}: no crossover in the measured range ({int(gap.index.min()):,}-"
-                         f"{int(gap.index.max()):,} images); {lead(gap.iloc[-1])} leads by "
-                         f"{abs(gap).min():.1f}-{abs(gap).max():.1f} points.")
-        for a, b in crossings:
-            t = gap[a] / (gap[a] - gap[b])  # the zero of the gap, linear in log(size)
-            estimate = float(np.exp(np.log(a) + t * (np.log(b) - np.log(a))))
-            lines.append(f"{where}: {lead(gap[b])} overtakes {lead(gap[a])} between {int(a):,} and {int(b):,} images "
-                         f"(estimated crossover ~{estimate:,.0f}).")
-    return lines
 
 
 def transfer(runs: Runs) -> str:
@@ -208,28 +172,6 @@ def transfer(runs: Runs) -> str:
                           "Routes to a ViT with few labels: from scratch, fine-tuned from a masked autoencoder, "
                           "fine-tuned from supervised pretraining, and the ResNet from scratch; bands: seeds."))
     return "\n\n".join(parts)
-
-
-def mae_gain(runs: Runs) -> str:
-    """Per labeled size: accuracy of the MAE-initialised ViT minus the same ViT from scratch, seed by seed."""
-    acc = ok_metric(runs.rows, "accuracy", task=["train_eval", "finetune"])
-    acc = acc[acc["family"] == "vit"]
-    mae = acc[acc["route"] == "mae-finetune"]
-    scratch = acc[acc["route"] == "scratch"]
-    keys = ["machine", "dataset", "protocol", "budget", "label", "subset", "seed"]
-    pairs = mae.merge(scratch, on=keys, suffixes=("_mae", "_scratch"))
-    if pairs.empty:
-        raise Skip("needs a ViT fine-tuned from an MAE encoder and the same ViT from scratch on the same subsets")
-    pairs["gain"] = (pairs["value_mae"] - pairs["value_scratch"]) * 100
-    table = pairs.groupby(["machine", "label", "subset"]).agg(
-        mae=("value_mae", lambda v: f"{v.mean() * 100:.1f}"),
-        scratch=("value_scratch", lambda v: f"{v.mean() * 100:.1f}"),
-        gain=("gain", lambda g: f"{g.mean():+.1f} (seeds {', '.join(f'{x:+.1f}' for x in g)})"),
-        seeds=("seed", "nunique")).reset_index()
-    table["subset"] = table["subset"].map(lambda n: f"{int(n):,}")
-    return ("Test accuracy (%) fine-tuned from the MAE encoder against from scratch, same model, subset, seed and "
-            "budget; the gain is in points.\n\n" + table.rename(columns={"subset": "labeled images"})
-            .to_markdown(index=False))
 
 
 def accuracy_vs_compute(runs: Runs) -> str:
@@ -391,25 +333,6 @@ def batch_size(runs: Runs) -> str:
                                                          "stops growing once the device is busy.")
 
 
-def paired_table(runs: Runs) -> str:
-    ratios = pd.concat([ok_metric(runs.rows, "throughput_ratio"), ok_metric(runs.rows, "latency_ratio")])
-    if ratios.empty:
-        raise Skip("no paired cells (compare_to in suites/scaling.yaml)")
-    table = pd.DataFrame({
-        "device": ratios["machine"], "model": ratios["label"], "engine": ratios["engine"],
-        "against": ratios["paired_with"], "task": ratios["task"], "batch": ratios["batch_size"],
-        "px": ratios["img_size"], "ratio": ratios["metric"],
-        "value": [f"{i.estimate:.3f} [{i.low:.3f}, {i.high:.3f}] ({i.method})" if i.has_interval else
-                  f"{i.estimate:.3f} (no interval from {i.n})"
-                  for i in (paired_ratio(r) for _, r in ratios.iterrows())],
-        "repeats": ratios["n_repeats"]})
-    return ("Both sides timed alternately (ABBA) in one process; the median of the per-pair ratios with its "
-            "order-statistic interval (95 % or more; with 5 pairs their range, 94 %): "
-            "throughput_ratio is the model's throughput over `against`'s (above 1: faster); latency_ratio its median "
-            "call time over `against`'s (below 1: faster). An interval that excludes 1 is a real difference on that "
-            "machine.\n\n" + table.to_markdown(index=False))
-
-
 def pareto(runs: Runs) -> str:
     """Per device model: accuracy at the largest size against inference throughput (the budget with most models)."""
     summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
@@ -450,9 +373,11 @@ def attention_kernels(runs: Runs) -> str:
     att["shape"] = ["x".join(map(str, shape)) for shape in att["attn_shape"]]
     order = ["x".join(map(str, s)) for s in sorted(set(att["attn_shape"]), key=lambda s: (s[2], s))]
     parts = []
-    for kind, unit in (("time", "ms"), ("tflops", "TFLOP/s")):
-        sub = att[att["metric"].isin([f"fwd_{kind}", f"fwd_bwd_{kind}"])].copy()
-        sub["pass"] = sub["metric"].map({f"fwd_{kind}": "forward", f"fwd_bwd_{kind}": "forward+backward"})
+    for kind, passes in (("time", {"fwd_time": "forward", "fwd_bwd_time": "forward+backward"}),
+                         ("tflops", {"fwd_tflops": "forward", "fwd_bwd_tflops": "forward+backward"})):
+        unit = METRICS[next(iter(passes))].unit
+        sub = att[att["metric"].isin(list(passes))].copy()
+        sub["pass"] = sub["metric"].map(passes)
         sub["series"] = sub["attn_backend"] + " " + sub["dtype"]
         grid = sns.catplot(data=sub, x="shape", y="value", hue="series", col="pass", order=order,
                            row="machine" if sub["machine"].nunique() > 1 else None, kind="point",

@@ -22,7 +22,7 @@ import pandas as pd
 from ..data import input_shape
 from ..results import setting_columns
 from ..stats import Backtest, Crossover, Fit, Interval, NoFit, backtest, chance_error, crossover, fit
-from .data import Runs, accuracy_summary, cell_value, flagged, from_scratch_on_whole_datasets, ok_metric
+from .frame import Runs, accuracy_summary, cell_value, flagged, from_scratch_on_whole_datasets, ok_metric
 
 LAW = "envelope"  # knows the random-guess error: the small sizes bend towards it instead of being left out
 RESAMPLES = 400  # bootstrap refits per curve
@@ -34,7 +34,7 @@ FACTORS = (10, 100)  # forecast at these multiples of the largest measured size
 class Curve:
     """One fitted (or unfittable) learning curve: x (training images, or training FLOPs) -> per-seed errors."""
 
-    machine: str  # the device model (data.machines)
+    machine: str  # the device model (frame.machines)
     dataset: str
     group: object  # the budget (data-efficiency curves) or "frontier"
     label: str  # the model, or the family for a compute frontier

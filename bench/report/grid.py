@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..stats import Backtest, Crossover, Fit, Interval, NoFit, choose_law, crossover, fit, optimal_model_exponent
-from .data import Runs, accuracy_summary, from_scratch_on_whole_datasets
+from .frame import Runs, accuracy_summary, from_scratch_on_whole_datasets
 from .fits import RESAMPLES, accuracy, chance_of
 
 LAWS_2D = ("envelope-2d", "power-2d")
@@ -32,7 +32,7 @@ MODEL_FACTOR = 4  # the crossover is also forecast for models this many times th
 class Surface:
     """One family's grid: (n, m) -> per-seed errors, the law chosen by back-test and its fit to every cell."""
 
-    device: str  # the device, or the device and its model where the runs hold several (report/data.py: machines)
+    device: str  # the device, or the device and its model where the runs hold several (report/frame.py: machines)
     dataset: str
     group: object  # the budget rule
     family: str

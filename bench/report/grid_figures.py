@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..stats import crossover
-from .data import Runs
+from .frame import Runs
 from .grid import MODEL_FACTOR, Surface, pairs, surfaces
 from .style import Skip, save
 

@@ -17,7 +17,7 @@ import seaborn as sns
 from ..corruptions import CORRUPTIONS, GROUPS
 from ..results import setting_columns
 from ..stats import accuracy_at_share, corruption_errors, difference_interval, mean_interval
-from .data import Runs, ok_metric
+from .frame import Runs, ok_metric
 from .style import Skip, palette, save
 
 DROPPED = (0.5, 0.8)  # the shares of the image dropped the Answer reads accuracy at

@@ -117,17 +117,18 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     result = [maker.row("peak_memory", mem.peak_bytes / MIB, n_repeats=1),
               maker.row("max_error", max_error, n_repeats=1),
               maker.row("max_grad_error", grad_error, n_repeats=1)]
-    for name, step, with_backward in (("fwd", forward, False), ("fwd_bwd", forward_backward, True)):
+    for time_metric, tflops_metric, step, with_backward in (("fwd_time", "fwd_tflops", forward, False),
+                                                            ("fwd_bwd_time", "fwd_bwd_tflops", forward_backward, True)):
         with SystemLoad() as load:
             timing = time_steps(step, device=device, warmup=spec.warmup, repeats=spec.repeats, iters=spec.iters)
         t, t20, t80 = timing.spread()
         noise = noise_columns(load.report, t20, t80, timing.host_bound)
         flops = attention_flops(B, H, N, D, with_backward=with_backward)
         n = len(timing.seconds)
-        result += [maker.row(f"{name}_time", t * 1e3, p20=t20 * 1e3, p80=t80 * 1e3, n_repeats=n,
-                            samples=[s * 1e3 for s in timing.seconds], **noise),
-                   maker.row(f"{name}_tflops", flops / t / 1e12, p20=flops / t80 / 1e12,
-                            p80=flops / t20 / 1e12, n_repeats=n, **noise)]
+        result += [maker.row(time_metric, t * 1e3, p20=t20 * 1e3, p80=t80 * 1e3, n_repeats=n,
+                             samples=[s * 1e3 for s in timing.seconds], **noise),
+                   maker.row(tflops_metric, flops / t / 1e12, p20=flops / t80 / 1e12,
+                             p80=flops / t20 / 1e12, n_repeats=n, **noise)]
     return result
 
 

@@ -4,9 +4,9 @@ synthetic inputs, each timed on its own (synchronised on a GPU) after a tenth as
 p90 and p99 in ms (every call's time in `samples`), the noise flags of throughput cells, and the engine's
 compile or export time and its error against eager.
 
-Paired (`compare_to`, e.g. {engine: eager}): both sides in one process, in alternating blocks of 10 calls (ABBA,
-each after one untimed call), and latency_ratio: this side's median call time over the other side's, with a
-bootstrap interval over the blocks' ratios (below 1: this side is faster).
+Paired (`compare_to`, e.g. {engine: eager}; bench/tasks/pairing.py): both sides in one process, in alternating
+blocks of 10 calls (ABBA, each after one untimed call), and latency_ratio: this side's median call time over the
+other side's, with a bootstrap interval over the blocks' ratios (below 1: this side is faster).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec
 from .common import Task, reads
-from .throughput import (SYNTHETIC, Prepared, check, effective, engine_rows, other_requested, ratio_columns, sides,
-                         side_label)
+from .pairing import SYNTHETIC, check, effective, engine_rows, paired_rows, sides
 
 READS = reads(*SYNTHETIC, "engine", "calls")
 BLOCK = 10  # calls per block of a paired cell
@@ -52,21 +51,12 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     with SystemLoad() as load:
         samples_a, samples_b, ratios = time_calls_paired(a.step, b.step, device=spec.device, warmup=warmup,
                                                          calls=spec.calls, block=BLOCK)
-    return _paired_rows(spec, ctx, a, b, samples_a, samples_b, ratios, load)
 
+    def side_rows(maker, side, samples, load, **override):  # the shape paired_rows calls; latency needs no side
+        return _latency_rows(maker, samples, load, **override)
 
-def _paired_rows(spec: CellSpec, ctx: CellContext, a: Prepared, b: Prepared, samples_a, samples_b, ratios,
-                 load) -> list[dict]:
-    maker_a = RowMaker(spec, ctx, **effective(a), paired_with=side_label(b.spec, spec))
-    maker_b = RowMaker(spec, ctx, **effective(b), paired_with=side_label(spec, b.spec))
-    b_requested = other_requested(spec)
-    from ..stats import median_interval  # not at import: scipy starts a thread (bench/tasks/throughput.py)
-
-    ratio = median_interval(ratios)  # each ratio one ABBA block: the unit that is independent
-    return [*_latency_rows(maker_a, samples_a, load), *_latency_rows(maker_b, samples_b, load, **b_requested),
-            *engine_rows(maker_a, a), *engine_rows(maker_b, b, **b_requested),
-            maker_a.row("latency_ratio", ratio.estimate, **ratio_columns(ratio), n_repeats=len(ratios),
-                        samples=list(np.round(ratios, 6)), **load.report.columns())]
+    return paired_rows(spec, ctx, a, b, side_rows, (samples_a, samples_b), load, "latency_ratio", ratios,
+                       list(np.round(ratios, 6)))  # each ratio one ABBA block: the unit that is independent
 
 
 TASKS = (Task("latency", "throughput", 1, READS, check, run,

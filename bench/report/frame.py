@@ -16,8 +16,9 @@ import pandas as pd
 from ..data import is_class_range
 from ..paths import RunPaths
 from ..results import flagged, read_records, records_frame, setting_columns, without_impossible
-from ..spec import Budget
+from ..spec import Budget, CellSpec
 from ..stats import Interval, mean_interval, median_interval
+from ..tasks import TASKS
 
 DEFAULT_BACKENDS = ("sdpa", "triton", "none")  # a model's usual attention ("none": CNNs); math is a comparison
 
@@ -42,9 +43,12 @@ ROUTE_TEXT = {"scratch": "from scratch", "mae-finetune": "MAE (unlabeled) -> fin
               "supervised-probe": "{init} encoder, linear probe", "mae-pretraining": "MAE pretraining"}
 
 
-def route(task: str, init: str | None) -> str:
-    """The route key of a cell (ROUTE_TEXT)."""
-    source = "mae" if isinstance(init, str) and init.startswith("mae:") else "supervised"
+def route(spec: CellSpec) -> str:
+    """The route key of a cell (ROUTE_TEXT): where its weights start, as its task reads them (the checkpoint its
+    Task.reads_checkpoint names: a pretrain_mae cell's, or any other)."""
+    task = spec.task
+    ref = TASKS[task].reads_checkpoint(spec) if task in TASKS else None
+    source = "mae" if ref is not None and "pretrain_mae" in ref.tasks else "supervised"
     if task == "linear_probe":
         return f"{source}-probe"
     if task == "finetune":
@@ -55,7 +59,9 @@ def route(task: str, init: str | None) -> str:
 def load(run_dirs: list[Path], out: Path) -> Runs:
     frames, envs, excluded = [], {}, []
     for run_dir in run_dirs:
-        frame, said = without_impossible(records_frame(read_records(run_dir)), run_dir)
+        records = read_records(run_dir)
+        frame = records_frame(records).assign(route=[route(record.spec) for record in records for _ in record.rows])
+        frame, said = without_impossible(frame, run_dir)
         frames.append(frame.assign(run_dir=str(run_dir)))
         excluded += said
         env_path = RunPaths(run_dir).env_json
@@ -64,7 +70,7 @@ def load(run_dirs: list[Path], out: Path) -> Runs:
     rows["machine"] = machines(rows)
     rows["label"] = rows["model"].fillna(rows["attn_backend"])
     rows["subset"] = rows["train_size_used"]  # training images (validation: a fixed set apart, val_size)
-    rows["route"] = [route(t, i) for t, i in zip(rows["task"], rows["init"])]
+    rows["route"] = rows.pop("route")  # read per record above; placed here, results_combined.csv's column order
     rows["route_text"] = [ROUTE_TEXT[r].format(init=i) for r, i in zip(rows["route"], rows["init"])]
     rows["class_subset"] = [isinstance(d, str) and d != "synthetic" and is_class_range(d) for d in rows["dataset"]]
     rows = one_rule_per_protocol(rows)
@@ -183,7 +189,7 @@ def latency_samples(runs: Runs, machine: str | None = None) -> pd.DataFrame:
     lat = ok_metric(runs.rows, "latency_p50", **({} if machine is None else {"machine": machine}))
     lat = lat.dropna(subset=["samples"])
     lat = lat.assign(calls=[samples_of(s) for s in lat["samples"]])
-    return lat.groupby(["machine", "label", "family", "engine", "batch_size", "dtype", "img_size"],
+    return lat.groupby(["machine", "label", "family", "impl", "engine", "batch_size", "dtype", "img_size"],
                        as_index=False)["calls"].agg(list)
 
 

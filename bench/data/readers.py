@@ -1,37 +1,26 @@
-"""Datasets: one table (name -> loader, shape, normalisation), uint8 tensors on the training device, and on-device
-augmentation. A cell's validation set and training subset of a split: bench/subsets.py.
+"""Dataset readers and the dataset registry: one table (name -> loader, shape, normalisation), the IDX,
+CIFAR and ImageFolder readers, and the split types they return (uint8 tensors).
 
 Names: fashion-mnist, fashion-mnist:<a>-<b> (classes a..b only, relabelled 0..b-a: pretrain on 0-4, fine-tune on
 5-9), cifar10, cifar100 (torchvision's python layout), imagefolder:<path> (<path>/train and <path>/test or
 <path>/val, one folder per class; a relative path is taken from the directory `bench` was started in),
 synthetic (random tensors: throughput and memory only).
 
-The training and test splits are loaded by separate functions: training code receives `TrainData`, which has
-no test images; `load_test` is called once, by the final evaluation (bench/training.py: final_test).
-
-Decoded splits are cached, uncompressed, in $VITBENCH_CACHE/data (default ~/.cache/vitbench/data) and
-memory-mapped by every cell that reads them; a cache entry is keyed by a checksum of the source files (their
-bytes; an ImageFolder's names, sizes and modification times), so a changed source makes a new entry, and each
-entry's arrays are checked against their own checksums before use: a damaged entry is rebuilt, never trusted.
 Both splits of a dataset come from one place, and the files are checked against each other (shapes and counts
-from the IDX headers) before anything trains on them.
+from the IDX headers) before anything trains on them. Loading through the decoded cache: bench/data/cache.py.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -316,7 +305,7 @@ SYNTHETIC = "synthetic"
 DATASET_FORMS = ", ".join([SYNTHETIC] + [d.form for d in DATASETS])
 
 
-def _kind(name: str) -> tuple[DatasetKind, re.Match]:
+def dataset_kind(name: str) -> tuple[DatasetKind, re.Match]:
     if isinstance(name, str):
         for kind in DATASETS:
             match = kind.pattern.fullmatch(name)
@@ -330,10 +319,10 @@ def normalise_dataset_name(name: str) -> str:
     taken from the current directory."""
     if name == SYNTHETIC:
         return name
-    kind, match = _kind(name)
+    kind, match = dataset_kind(name)
     if "path" in kind.pattern.groupindex:
         name = f"imagefolder:{Path(match['path']).expanduser().resolve()}"
-        kind, match = _kind(name)
+        kind, match = dataset_kind(name)
     kind.shape(match)  # an empty class range or a missing folder fails here, before any cell runs
     return name
 
@@ -346,179 +335,22 @@ def input_shape(dataset: str, in_chans: int, num_classes: int) -> tuple[int, int
     """(channels, classes) of a dataset without loading it; synthetic takes the given ones."""
     if dataset == SYNTHETIC:
         return in_chans, num_classes
-    kind, match = _kind(dataset)
+    kind, match = dataset_kind(dataset)
     return kind.shape(match)
 
 
 def train_images(dataset: str) -> int:
     """Images of a real dataset's training split (the published size; an ImageFolder's image files), unloaded."""
-    kind, match = _kind(dataset)
+    kind, match = dataset_kind(dataset)
     return kind.train_images(match)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VITBENCH_CACHE") or Path.home() / ".cache" / "vitbench") / "data"
-
-
-def _sha256(paths: list[Path], by_content: bool = True, names: bool = True) -> str:
-    """Of the files' bytes (read in blocks), or (by_content False) of their names, sizes and modification times;
-    with `names`, of where each file sits in its dataset (not where the dataset sits on this machine) too."""
-    digest = hashlib.sha256()
-    for path in paths:
-        if names:
-            digest.update("/".join(path.parts[-2:]).encode())
-        if by_content:
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        else:
-            stat = path.stat()
-            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
-
-
-def _save_array(path: Path, array: np.ndarray) -> str:
-    """np.save, atomically (a temp file renamed over the target); the file's sha256."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return _sha256([path], names=False)
-
-
-def _entry_file(entry: Path, suffix: str) -> Path:
-    return entry.parent / f"{entry.name}.{suffix}"
-
-
-def _read_cache(entry: Path) -> tuple[Split, tuple[str, ...]]:
-    """A cache entry, memory-mapped (copy on write) after its arrays matched their checksums; ValueError when
-    missing or damaged."""
-    meta = json.loads(_entry_file(entry, "json").read_text())
-    arrays = {}
-    for name, digest in meta["sha256"].items():
-        path = _entry_file(entry, f"{name}.npy")
-        if _sha256([path], names=False) != digest:
-            raise ValueError(f"{path}: checksum mismatch")
-        arrays[name] = torch.from_numpy(np.load(path, mmap_mode="c"))
-    return Split(arrays["x"], arrays.get("y")), tuple(meta["classes"])
-
-
-def _write_cache(entry: Path, split: Split, classes: tuple[str, ...], sources: list[Path]) -> None:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"x": split.x.numpy()} if split.y is None else {"x": split.x.numpy(), "y": split.y.numpy()}
-    digests = {name: _save_array(_entry_file(entry, f"{name}.npy"), array) for name, array in arrays.items()}
-    meta = json.dumps({"sha256": digests, "classes": list(classes), "sources": [str(p) for p in sources]})
-    fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".meta.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(meta)
-    os.replace(tmp, _entry_file(entry, "json"))  # last: an entry without its meta is not an entry
-
-
-def _decoded(name: str, split: str, img_size: int, images_only: bool = False) -> tuple[Split, tuple[str, ...], str,
-                                                                                       str]:
-    """(split, classes, where it was found, checksum of its source files), from the cache when it holds them."""
-    kind, match = _kind(name)
-    place, sources = kind.files(match, split, images_only)
-    checksum = _sha256(sources, kind.by_content)
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:80]
-    entry = cache_dir() / f"{slug}-{split}{'-images' if images_only else ''}-{img_size}px-{checksum[:16]}"
-    try:
-        return (*_read_cache(entry), str(place), checksum)
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # not cached yet, or damaged: decode again
-    if images_only:
-        loaded = Split(kind.images(match, split, img_size), None), ()
-    else:
-        loaded = kind.load(match, split, img_size)
-    try:
-        _write_cache(entry, *loaded, sources)
-    except OSError:
-        pass  # a read-only or full cache folder costs speed, not correctness
-    return (*loaded, str(place), checksum)
-
-
-def load_train(name: str, img_size: int) -> TrainData:
-    """The training split of a real dataset (CPU tensors; call .to(device))."""
-    if name == SYNTHETIC:
-        raise ValueError("synthetic data is for throughput and memory only, never for accuracy")
-    kind, match = _kind(name)
-    train, classes, place, checksum = _decoded(name, "train", img_size)
-    mean, std = kind.stats(match, train)
-    return TrainData(name, train, classes, mean, std, kind.hflip, place, checksum)
 
 
 def is_class_range(name: str) -> bool:
     """fashion-mnist:0-4 and the like: images chosen by their labels."""
     if name == SYNTHETIC:
         return False
-    kind, match = _kind(name)
+    kind, match = dataset_kind(name)
     return "first" in kind.pattern.groupindex and bool(match["first"])
-
-
-def load_unlabeled(name: str, img_size: int, split: str = "train") -> TrainData:
-    """A split's images without labels (train.y is None), for self-supervised pretraining (and its figures). A
-    class range needs the labels to pick its images, so it is refused; Fashion-MNIST's label file is not even
-    opened."""
-    if name == SYNTHETIC:
-        raise ValueError("synthetic data is for throughput and memory only, never for accuracy")
-    if is_class_range(name):
-        raise ValueError(f"dataset {name!r}: a class range is chosen by labels; unlabeled pretraining takes a "
-                         "whole dataset")
-    kind, match = _kind(name)
-    images, _, place, checksum = _decoded(name, split, img_size, images_only=kind.images is not None)
-    images = Split(images.x, None)
-    mean, std = kind.stats(match, images)
-    return TrainData(name, images, (), mean, std, kind.hflip, place, checksum)
-
-
-def load_test(name: str, img_size: int) -> Split:
-    """The test split: read once, by the final evaluation of an accuracy cell, after training."""
-    return _decoded(name, "test", img_size)[0]
-
-
-# ------------------------------------------------------------------------------------- augmentation
-
-
-class DeviceAugment:
-    """uint8 (B, C, H, W) batches -> normalised float (B, C, S, S) on the data's device: random crop with
-    zero padding (pad 0: none), horizontal flip where label-preserving, resize to the model's size S."""
-
-    def __init__(self, data: TrainData, img_size: int, pad: int | None = None, flip: bool = True):
-        height = data.train.x.shape[-1]
-        self.pad = max(1, height // 8) if pad is None else pad
-        self.hflip = data.hflip and flip
-        self.img_size = img_size
-        device = data.train.x.device
-        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.to(self.mean.device).float() / 255 - self.mean) / self.std
-        if x.shape[-1] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
-                              antialias=True)
-        return x
-
-    def train(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if self.pad == 0 and not self.hflip:
-            return self.normalise(x)
-        B, _, H, W = x.shape
-        p = self.pad
-        padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)
-        dy = torch.randint(0, 2 * p + 1, (B,), device=x.device, generator=gen)
-        dx = torch.randint(0, 2 * p + 1, (B,), device=x.device, generator=gen)
-        rows = (dy[:, None] + torch.arange(H, device=x.device))[:, :, None]  # (B, H, 1)
-        cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, :]  # (B, 1, W)
-        if self.hflip:
-            flip = torch.rand(B, device=x.device, generator=gen) < 0.5
-            cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
-        batch = torch.arange(B, device=x.device)[:, None, None]
-        crops = padded.permute(0, 2, 3, 1)[batch, rows, cols]  # (B, H, W, C)
-        return self.normalise(crops.permute(0, 3, 1, 2))
 
 
 AXIS_CHECKS = {"dataset": normalise_dataset_name}  # applied by the suite layer to the `dataset` axis
