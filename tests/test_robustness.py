@@ -159,7 +159,7 @@ def test_the_report_answers_robustness_at_the_same_size_and_at_matched_clean_acc
     assert "**Robustness**" in answer and "CE against `resnet9 bf16 n=all` (3 seeds, errors averaged)" in answer
     same = answer[answer.index("Same training size, `vit:Mu/7 fp32 n=1,000` against `resnet9 bf16 n=1,000`"):]
     assert "relative mCE: ViT - CNN" in same and "(paired t, n=3;" in same
-    # the fixture's ViT at all the data (85 %) meets the CNN at 1,000 or 4,000 images (80 %) only 5 points apart
+    # the fixture's ViT at all the data (85 %) meets the CNN at 1,000 or 2,000 images (80 %) only 5 points apart
     assert "no CNN setting within 2 points" in answer
     section = report[report.index("## Robustness"):]
     assert "robustness_severity.png" in section and "robustness_patch_drop.png" in section
