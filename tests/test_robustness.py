@@ -26,7 +26,7 @@ def test_each_robustness_cell_reads_its_own_training_cell_which_keeps_its_checkp
     cells = load_suite(ROOT / "suites" / "robustness.yaml", "cpu").cells
     by_id = {c.cell_id: c for c in cells}
     readers = [c for c in cells if c.task == "robustness"]
-    assert len(readers) == len(cells) / 2 == 15
+    assert len(readers) == len(cells) / 2 == 18
     for reader in readers:
         writer = by_id[reader.init_cell]
         assert writer.task == "train_eval" and writer.keep_checkpoint
