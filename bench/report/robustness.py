@@ -88,7 +88,9 @@ def study(runs: Runs) -> Study:
     settings = per_cell.sort_values("seed").groupby("setting", sort=False).agg(
         name=("name", "first"), family=("family", "first"), train_size=("train_size", "first"),
         seeds=("seed", list), **{key: (key, list) for key in SHOWN})
-    return Study(per_cell, settings.reset_index(), baseline, ce, acc)
+    settings = settings.reset_index()
+    order = settings.assign(size=settings["train_size"].fillna(math.inf)).sort_values(["family", "size"]).index
+    return Study(per_cell, settings.loc[order].reset_index(drop=True), baseline, ce, acc)
 
 
 def _mean(values: list[float]) -> str:
@@ -183,7 +185,7 @@ def _occlusion_figure(s: Study, out) -> str:
 
 def _heatmap(s: Study, out) -> str:
     ce = s.ce.groupby(level=0).mean()
-    ce = ce[[name for name in CORRUPTIONS if name in ce]]
+    ce = ce.loc[[name for name in s.settings["name"] if name in ce.index], [c for c in CORRUPTIONS if c in ce]]
     fig, ax = plt.subplots(figsize=(1.0 + 0.5 * ce.shape[1], 0.6 + 0.4 * len(ce)))
     sns.heatmap(ce, annot=True, fmt=".0f", cmap="RdYlGn_r", center=100, ax=ax, cbar_kws={"label": "CE (%)"})
     ax.set(xlabel="corruption", ylabel="")
