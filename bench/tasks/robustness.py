@@ -122,11 +122,16 @@ def _probabilities(model, x_uint8: torch.Tensor, augment: DeviceAugment, spec: C
 
 
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
-    path = Path(spec.init[5:]) if spec.init and spec.init.startswith("file:") else (
-        ctx.paths.checkpoint(spec.init_cell) if spec.init_cell else None)
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}: the training cell it reads ({spec.init_cell}) finished "
-                                "without keeping one (it had no reader then): delete its cells/<id>.json to retrain")
+    if spec.init and spec.init.startswith("file:"):
+        path = Path(spec.init[5:])
+        if not path.is_file():
+            raise FileNotFoundError(f"init {path}: the checkpoint file is gone (it was there when the suite loaded)")
+    else:
+        path = ctx.paths.checkpoint(spec.init_cell) if spec.init_cell else None
+        if path is None or not path.is_file():
+            raise FileNotFoundError(f"no checkpoint {path}: the training cell it reads ({spec.init_cell}) finished "
+                                    "without keeping one (it had no reader then): delete its cells/<id>.json to "
+                                    "retrain it")
     phase("data")
     data = load_train(spec.dataset, spec.img_size)
     test = load_test(spec.dataset, spec.img_size)
