@@ -182,6 +182,35 @@ def test_differences_are_shown_only_when_their_interval_excludes_zero(tmp_path):
         assert "% [" in row  # every mean with its interval
 
 
+def test_a_seed_run_again_in_another_run_dir_is_one_seed_not_another(tmp_path):
+    """The same cells (ids, seeds) in two run dirs of one machine: each seed is the mean of its two runs, and the
+    intervals stand on the 3 seeds, never on 6 values (a rerun of a seed is not an independent replicate)."""
+    runs_dirs = []
+    for name, rng_seed in (("first", 1), ("again", 2)):
+        records = (accuracy_records(tmp_path, "vit:Ti/4", lambda n: 0.80, (1000,), noise=0.02,
+                                    rng=np.random.default_rng(rng_seed))
+                   + accuracy_records(tmp_path, "resnet20", lambda n: 0.85, (1000,), noise=0.02,
+                                      rng=np.random.default_rng(rng_seed + 10)))
+        runs_dirs.append(write_run(tmp_path / name, records))
+    runs = report_mod.load(runs_dirs, tmp_path)
+    summary = report_mod.frame.accuracy_summary(runs.rows).set_index("label")
+    acc = runs.rows[(runs.rows["metric"] == "accuracy") & (runs.rows["label"] == "vit:Ti/4")]
+    by_seed = (acc.groupby("seed")["value"].mean() * 100).sort_index()
+    assert summary.loc["vit:Ti/4", "seeds"] == 3 and summary.loc["vit:Ti/4", "seed_list"] == [0, 1, 2]
+    assert np.allclose(summary.loc["vit:Ti/4", "values"], by_seed.to_numpy())
+    answer = answer_of(runs)
+    assert answer.count("(n=3, t)") == 2 and "n=6" not in answer
+    row = next(line for line in answer.splitlines() if line.startswith("| 1,000 |"))
+    assert "(paired t, n=3;" in row, row
+    assert "**Repeated:** 6 cell(s)" in report_mod.write_report(runs_dirs, tmp_path / "report").read_text()
+
+
+def test_the_mae_gain_pairs_each_seed_once_when_a_run_dir_is_repeated(tmp_path):
+    runs = report_mod.load([fixture_run(tmp_path, ["pretraining"], "cpu", name) for name in ("run", "again")], tmp_path)
+    gains = re.findall(r"\(seeds ([^)]*)\)", report_mod.tables.mae_gain(runs))
+    assert gains and all(len(g.split(", ")) == 3 for g in gains), gains
+
+
 def test_learning_curves_back_test_and_forecast(tmp_path, saved):
     """Curves that meet at a known size: fitted, back-tested, the crossover forecast with its interval and the
     extrapolation factor; a ViT curve the power law cannot extrapolate makes the forecast unreliable."""

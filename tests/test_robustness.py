@@ -167,3 +167,14 @@ def test_the_report_answers_robustness_at_the_same_size_and_at_matched_clean_acc
         assert (tmp_path / "report" / name).stat().st_size > 1000
     baseline_row = next(line for line in section.splitlines() if line.startswith("| resnet9 bf16 n=all"))
     assert "| 100.0 [" in baseline_row  # the baseline's mCE, by construction
+
+
+def test_a_robustness_run_repeated_in_another_run_dir_counts_each_seed_once(tmp_path):
+    from bench.report import load, robustness
+    from tests.conftest import fixture_run
+
+    runs = load([fixture_run(tmp_path, ["robustness"], "cpu", name) for name in ("run", "again")], tmp_path)
+    settings = robustness.study(runs).settings
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in settings["seeds"])
+    seeds_column = [line.split("|")[2].strip() for line in robustness.table(robustness.study(runs)).splitlines()[2:]]
+    assert seeds_column and set(seeds_column) == {"3"}

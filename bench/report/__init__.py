@@ -1,7 +1,8 @@
 """python -m bench report RUN_DIR [RUN_DIR ...]: report.md, opening with the answer (generated from the data),
 then seaborn figures by study, short tables, and the full metrics as CSV beside it. Reads result files only.
 Several run dirs (a CPU run and a GPU run, or runs on two CPU models) are facetted or sectioned by device model
-(frame.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each."""
+(frame.machines), as the Answer is; a cell id that repeats across run dirs is a cell of each, and a training cell
+repeated on one device model is one seed measured again (frame.per_seed), never another seed."""
 
 from __future__ import annotations
 
@@ -101,6 +102,19 @@ def capped_cells(runs: Runs, shown: int = 5) -> str:
             f"on all of them (train_size -> train_size_used): {'; '.join(listed[:shown])}{more}.")
 
 
+def repeated_cells(runs: Runs) -> str:
+    """Training cells (a setting and seed on one device model) found in more than one run dir: one seed each."""
+    rows = runs.rows[runs.rows["metric"].isin(["accuracy", "robust_accuracy"])]
+    keys = [*setting_columns(), "seed", "device_name"]
+    repeats = rows.groupby(keys, dropna=False, sort=False)["run_dir"].nunique()
+    repeated = repeats[repeats > 1]
+    if repeated.empty:
+        return ""
+    return (f"\n**Repeated:** {len(repeated)} cell(s) (a setting and seed on one device model) ran in more than one "
+            f"run dir, {int(repeated.sum())} times in all: each seed's repeats are averaged into one value and "
+            "counted as one seed, never as more seeds.")
+
+
 def metrics_csv(runs: Runs, out: Path) -> str:
     """Median, min, max over rows (seeds, or repeats' medians) of every metric per setting (the spec's axes less
     the seed, and the device model): the full table, as CSV."""
@@ -140,7 +154,8 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
             parts.append(f"_Skipped: {why}._")
     parts += ["\n## Where the time went\n", time_table(runs),
               "\n## Failed, out-of-memory, timed-out, skipped and diverged cells, impossible values\n",
-              failure_table(runs), capped_cells(runs), "\n## All metrics\n", metrics_csv(runs, out)]
+              failure_table(runs), capped_cells(runs) + repeated_cells(runs),
+              "\n## All metrics\n", metrics_csv(runs, out)]
     runs.rows.drop(columns=["run_dir"]).to_csv(out / "results_combined.csv", index=False)
     report = out / "report.md"
     report.write_text("\n".join(parts) + "\n")

@@ -145,11 +145,25 @@ def unpaired(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["compare_to"].isna()]
 
 
+def all_true(column: pd.Series) -> bool:
+    """Whether every value is True (None, unknown, is not)."""
+    return bool(np.all(column == True))  # noqa: E712 - elementwise, None compares False
+
+
+def per_seed(frame: pd.DataFrame, keys: list[str], values: list[str], every: list[str] = ()) -> pd.DataFrame:
+    """One row per value of `keys` (a setting and its seed): a cell that ran again in another run dir on the same
+    device model (a rerun) is the same seed measured twice, never another seed, so its `values` are averaged and
+    its `every` columns hold only where all repeats hold; other columns as the first repeat has them."""
+    how = {c: "first" for c in frame.columns if c not in keys} | {c: "mean" for c in values}
+    how |= {c: all_true for c in every}
+    return frame.groupby(keys, dropna=False, sort=False).agg(how).reset_index()
+
+
 def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
     """Test accuracy (%) per setting, seeds pooled: mean, its 95 % t interval (low, high; the mean itself for one
     seed), the seeds and their values, whether every seed converged; one row per value of the spec's axes (less
     the seed) and device model; the mean images seen and training FLOPs over the seeds (images, flops). Diverged
-    trainings are left out."""
+    trainings are left out; a seed run in several run dirs is one seed (per_seed)."""
     acc = ok_metric(rows, "accuracy", task=list(task))
     acc = acc[~flagged(acc["diverged"])]  # a diverged training is no measurement (the failure table lists it)
     if acc.empty:
@@ -157,11 +171,12 @@ def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
     acc["accuracy"] = acc["value"] * 100
     for metric in ("images_seen", "train_flops"):  # what each cell's training cost, beside its accuracy
         acc[metric] = cell_value(acc, rows, metric)
-    acc = acc.sort_values("seed")  # values in seed order: seed i of one model pairs with seed i of another
     keys = [*setting_columns(), "device_name", "machine"]
+    acc = per_seed(acc, [*keys, "seed"], ["accuracy", "images_seen", "train_flops"], every=["converged"])
+    acc = acc.sort_values("seed")  # values in seed order: seed i of one model pairs with seed i of another
     summary = acc.groupby(keys, dropna=False, sort=False).agg(
         mean=("accuracy", "mean"), seeds=("seed", "nunique"),
-        converged=("converged", lambda c: bool(np.all(c == True))),  # noqa: E712 - None (unknown) is not True
+        converged=("converged", all_true),
         values=("accuracy", list), seed_list=("seed", list), label=("label", "first"), family=("family", "first"),
         impl=("impl", "first"), subset=("subset", "first"), route=("route", "first"),
         route_text=("route_text", "first"), protocol=("protocol", "first"), class_subset=("class_subset", "first"),

@@ -17,7 +17,7 @@ import seaborn as sns
 from ..corruptions import CORRUPTIONS, GROUPS
 from ..results import setting_columns
 from ..stats import accuracy_at_share, corruption_errors, difference_interval, mean_interval
-from .frame import Runs, ok_metric
+from .frame import Runs, ok_metric, per_seed
 from .style import Skip, palette, save
 
 DROPPED = (0.5, 0.8)  # the shares of the image dropped the Answer reads accuracy at
@@ -85,7 +85,8 @@ def _per_cell(acc: pd.DataFrame, cells: pd.DataFrame, rows: pd.DataFrame) -> tup
 def study(runs: Runs) -> Study:
     acc, cells = _cells(runs.rows)
     per_cell, ce, baseline = _per_cell(acc, cells, runs.rows)
-    settings = per_cell.sort_values("seed").groupby("setting", sort=False).agg(
+    seeds = per_seed(per_cell, ["setting", "seed"], list(SHOWN))  # a rerun of a seed in another run dir: one seed
+    settings = seeds.sort_values("seed").groupby("setting", sort=False).agg(
         name=("name", "first"), family=("family", "first"), train_size=("train_size", "first"),
         seeds=("seed", list), **{key: (key, list) for key in SHOWN})
     settings = settings.reset_index()

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .frame import Runs, accuracy_summary, from_scratch_on_whole_datasets, latency_samples, ok_metric, paired_ratio
+from .frame import (Runs, accuracy_summary, from_scratch_on_whole_datasets, latency_samples, ok_metric, paired_ratio,
+                    per_seed)
 from .style import Skip
 
 
@@ -18,6 +19,7 @@ def mae_gain(runs: Runs) -> str:
     mae = acc[acc["route"] == "mae-finetune"]
     scratch = acc[acc["route"] == "scratch"]
     keys = ["machine", "dataset", "protocol", "budget", "label", "subset", "seed"]
+    mae, scratch = (per_seed(side[[*keys, "value"]], keys, ["value"]) for side in (mae, scratch))
     pairs = mae.merge(scratch, on=keys, suffixes=("_mae", "_scratch"))
     if pairs.empty:
         raise Skip("needs a ViT fine-tuned from an MAE encoder and the same ViT from scratch on the same subsets")
