@@ -24,10 +24,10 @@ from ..measure.calibration import expected_calibration_error
 from ..measure.phases import phase
 from ..models import build_model
 from ..paths import CellContext
-from ..precision import autocast
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError, positive_int
 from ..subsets import subset_order
+from ..training import eval_logits
 from .common import CheckpointRef, Task, check_model_cell, reads
 from .supervised import TRAINING
 
@@ -36,7 +36,6 @@ ROBUST_TEST = 2000  # test images evaluated (stratified, 200 per class of Fashio
 ROBUST_SEED = 2_000_003  # the subset's and the corruptions' seed: apart from every cell's
 DROP_SHARES = tuple(i / 10 for i in range(10))  # patch drop: 0 to 90 % in 10 % steps
 GRID_CELLS = 4  # occlusion cells per side: img_size / 4 px, a ViT /7's patch at 28 px
-EVAL_BATCH = 500
 
 
 def _check_robustness(value) -> dict | None:
@@ -111,16 +110,6 @@ def conditions(spec: CellSpec, img_size: int) -> list[tuple[str, float, Callable
     return out
 
 
-def _probabilities(model, x_uint8: torch.Tensor, augment: DeviceAugment, spec: CellSpec, memory_format) -> torch.Tensor:
-    """Softmax probabilities (N, K) in fp32, the model in its cell's dtype and layout."""
-    out = []
-    for start in range(0, len(x_uint8), EVAL_BATCH):
-        x = augment.normalise(x_uint8[start:start + EVAL_BATCH].to(spec.device)).contiguous(memory_format=memory_format)
-        with torch.inference_mode(), autocast(spec.device, spec.dtype):
-            out.append(F.softmax(model(x).float(), dim=-1))
-    return torch.cat(out)
-
-
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     if spec.init and spec.init.startswith("file:"):
         path = Path(spec.init[5:])
@@ -152,7 +141,8 @@ def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
         shown = transform(images)
         if isinstance(shown, tuple):  # patch drop: (images, the share dropped)
             shown, level = shown
-        probs = _probabilities(model, shown, augment, spec, info.memory_format)  # (n, K)
+        logits = eval_logits(model, shown, augment, spec.device, spec.dtype, info.memory_format)  # (n, K)
+        probs = F.softmax(logits, dim=-1)
         accuracy = (probs.argmax(-1) == labels).float().mean().item()
         rows.append(maker.row("robust_accuracy", accuracy, n_repeats=1, condition=condition, level=round(level, 4)))
         if condition == "clean":

@@ -19,10 +19,10 @@ Recipes are data (RECIPES, per family and phase), overridable per cell (`recipe:
 """
 
 from .budget import BudgetClock, Cosine, Plateau, run_budget, schedule_for
-from .loop import (Classification, Curve, FinalScore, Objective, divergence, final_test, loss_rose, make_optimizer,
-                   save_checkpoint, train, train_classifier)
+from .loop import (Classification, Curve, FinalScore, Objective, divergence, eval_logits, final_test, loss_rose,
+                   make_optimizer, save_checkpoint, train, train_classifier)
 from .recipes import AXIS_CHECKS, RECIPES, Recipe, recipe_column, recipe_for
 
 __all__ = ["AXIS_CHECKS", "RECIPES", "BudgetClock", "Classification", "Cosine", "Curve", "FinalScore", "Objective",
-           "Plateau", "Recipe", "divergence", "final_test", "loss_rose", "make_optimizer", "recipe_column",
-           "recipe_for", "run_budget", "save_checkpoint", "schedule_for", "train", "train_classifier"]
+           "Plateau", "Recipe", "divergence", "eval_logits", "final_test", "loss_rose", "make_optimizer",
+           "recipe_column", "recipe_for", "run_budget", "save_checkpoint", "schedule_for", "train", "train_classifier"]

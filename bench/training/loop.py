@@ -67,24 +67,29 @@ EVAL_BATCH = {"cuda": 1024, "cpu": 256}
 
 
 @torch.inference_mode()
+def eval_logits(model, x_uint8: torch.Tensor, augment: DeviceAugment, device: str, dtype: str,
+                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """The model's logits (N, K) in fp32 on `device` for images (N, C, H, W) uint8 on any device: inference mode,
+    the model's dtype and layout, the device's evaluation batch (EVAL_BATCH). The caller sets train or eval mode."""
+    batch = EVAL_BATCH.get(device, 256)
+    out = []
+    for start in range(0, len(x_uint8), batch):
+        x = augment.normalise(x_uint8[start:start + batch].to(device)).contiguous(memory_format=memory_format)
+        with autocast(device, dtype):
+            out.append(model(x).float())
+    return torch.cat(out)
+
+
 def evaluate(model, x_uint8: torch.Tensor, y: torch.Tensor, augment: DeviceAugment, device: str, dtype: str,
              memory_format: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
-    """(top-1 accuracy, mean cross-entropy) of a model on a labelled split: inference mode, the model's layout and
-    dtype, the device's evaluation batch, one host sync at the end."""
+    """(top-1 accuracy, mean cross-entropy) of a model on a labelled split (eval mode for the call; eval_logits),
+    one host sync at the end."""
     was_training = model.training
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=y.device)
-    loss_sum = torch.zeros((), device=y.device)
-    batch = EVAL_BATCH.get(device, 256)
-    for start in range(0, len(y), batch):
-        x = augment.normalise(x_uint8[start:start + batch]).contiguous(memory_format=memory_format)
-        target = y[start:start + batch].to(x.device)
-        with autocast(device, dtype):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum")
-        correct += (logits.argmax(-1) == target).sum()
+    logits = eval_logits(model, x_uint8, augment, device, dtype, memory_format)  # (N, K)
     model.train(was_training)
-    return correct.item() / max(1, len(y)), loss_sum.item() / max(1, len(y))
+    target = y.to(logits.device)
+    return (logits.argmax(-1) == target).float().mean().item(), F.cross_entropy(logits, target).item()
 
 
 # ------------------------------------------------------------------------------------------ curves
