@@ -92,3 +92,25 @@ def test_a_task_accepts_only_the_values_it_declares():
 def test_a_declaration_names_grid_axes_only():
     with pytest.raises(ValueError, match="not grid axes of the cell spec: device, modle"):
         reads("modle", "device")
+
+
+@pytest.mark.parametrize("task", [name for name, entry in TASKS.items() if entry.reads_checkpoint(
+    CellSpec(task=name, **{**BASE[name], "budget": None})) is not None])
+def test_every_task_that_reads_a_checkpoint_says_why_it_is_absent(tmp_path, task):
+    """No cell of the run, a cell that kept no checkpoint, an init file that is gone: each a FileNotFoundError
+    naming what is missing and what to do (bench/tasks/common.py: checkpoint_file)."""
+    from bench.paths import CellContext
+    from bench.tasks.common import checkpoint_file
+
+    spec = CellSpec(task=task, **{**BASE[task], "budget": None})
+    ref, ctx = TASKS[task].reads_checkpoint(spec), CellContext("s", "r", tmp_path)
+    with pytest.raises(FileNotFoundError, match="this run has no such cell"):
+        checkpoint_file(spec, ctx, ref)
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/0123456789ab.pt is missing: the .* cell on .* delete "
+                                                r"its cells/0123456789ab.json"):
+        checkpoint_file(spec.replace(init_cell="0123456789ab"), ctx, ref)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "0123456789ab.pt").write_bytes(b"")
+    assert checkpoint_file(spec.replace(init_cell="0123456789ab"), ctx, ref) == ctx.paths.checkpoint("0123456789ab")
+    with pytest.raises(FileNotFoundError, match="init checkpoint .*gone.pt does not exist"):
+        checkpoint_file(spec.replace(init=f"file:{tmp_path / 'gone.pt'}"), ctx, None)

@@ -4,6 +4,7 @@ task reads, out-of-memory detection, and the model-cell rules."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
@@ -53,6 +54,25 @@ class CheckpointRef:
     tasks: tuple[str, ...]
     dataset: str
     same: tuple[str, ...] = ("model", "img_size", "seed")
+
+
+def checkpoint_file(spec: CellSpec, ctx: CellContext, ref: CheckpointRef | None) -> Path:
+    """The checkpoint a reading cell loads: that of the cell of this run `ref` names (spec.init_cell, as the suite
+    resolved it), or init's file:<path> where ref is None; FileNotFoundError saying why it is absent."""
+    if ref is None:
+        path = Path(spec.init.removeprefix("file:"))
+        if not path.is_file():
+            raise FileNotFoundError(f"init checkpoint {path} does not exist")
+        return path
+    writer = f"the {' or '.join(ref.tasks)} cell on {ref.dataset} with this cell's {', '.join(ref.same)}"
+    if not spec.init_cell:
+        raise FileNotFoundError(f"task {spec.task} reads the checkpoint of {writer}, and this run has no such cell")
+    path = ctx.paths.checkpoint(spec.init_cell)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing: {writer} ({spec.init_cell}) has not run in this run "
+                                "dir, failed, or finished without keeping one (it had no reader then); delete its "
+                                f"cells/{spec.init_cell}.json to run it again")
+    return path
 
 
 def reads_nothing(spec: CellSpec) -> CheckpointRef | None:

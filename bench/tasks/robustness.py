@@ -28,7 +28,7 @@ from ..results import RowMaker
 from ..spec import CellSpec, SpecError, positive_int
 from ..subsets import subset_order
 from ..training import eval_logits
-from .common import CheckpointRef, Task, check_model_cell, reads
+from .common import CheckpointRef, Task, check_model_cell, checkpoint_file, reads
 from .supervised import TRAINING
 
 READS = reads(*TRAINING, "init", "robustness")  # the writer's axes (they name its checkpoint), and what to apply
@@ -111,16 +111,7 @@ def conditions(spec: CellSpec, img_size: int) -> list[tuple[str, float, Callable
 
 
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
-    if spec.init and spec.init.startswith("file:"):
-        path = Path(spec.init[5:])
-        if not path.is_file():
-            raise FileNotFoundError(f"init {path}: the checkpoint file is gone (it was there when the suite loaded)")
-    else:
-        path = ctx.paths.checkpoint(spec.init_cell) if spec.init_cell else None
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"no checkpoint {path}: the training cell it reads ({spec.init_cell}) finished "
-                                    "without keeping one (it had no reader then): delete its cells/<id>.json to "
-                                    "retrain it")
+    path = checkpoint_file(spec, ctx, trained_checkpoint(spec))
     phase("data")
     data = load_train(spec.dataset, spec.img_size)
     test = load_test(spec.dataset, spec.img_size)

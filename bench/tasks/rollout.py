@@ -14,7 +14,7 @@ from ..paths import CellContext
 from ..results import RowMaker
 from ..spec import CellSpec, SpecError
 from ..training import save_checkpoint
-from .common import CheckpointRef, Task, check_model_cell, reads
+from .common import CheckpointRef, Task, check_model_cell, checkpoint_file, reads
 
 READS = reads("model", "img_size", "dataset")  # the pretrain cell it reads; one fp32 pass of six images
 N_IMAGES = 6
@@ -32,10 +32,7 @@ def check(spec: CellSpec) -> CellSpec:
 def run(spec: CellSpec, ctx: CellContext) -> list[dict]:
     from vit_impl import attention_rollout
 
-    path = ctx.paths.checkpoint(spec.init_cell) if spec.init_cell else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}: task rollout needs the pretrain cell of {spec.model} on "
-                                f"{spec.dataset} ({spec.img_size} px, seed {spec.seed}) in this run")
+    path = checkpoint_file(spec, ctx, pretrain_checkpoint(spec))
     phase("data")
     data = load_train(spec.dataset, spec.img_size)
     test = load_test(spec.dataset, spec.img_size)

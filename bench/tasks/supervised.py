@@ -27,7 +27,7 @@ from ..results import RowMaker
 from ..spec import CellSpec, SpecError
 from ..subsets import VAL_SIZE, cell_split, pool_size
 from ..training import divergence, final_test, recipe_column, recipe_for, save_checkpoint, train_classifier
-from .common import MODEL_CELL, CheckpointRef, Reads, Task, check_model_cell, reads
+from .common import MODEL_CELL, CheckpointRef, Reads, Task, check_model_cell, checkpoint_file, reads
 
 TRAINING = (*MODEL_CELL, "compile", "train_size", "budget", "recipe", "nproc")  # what every training task reads
 
@@ -142,18 +142,11 @@ def load_init(model: torch.nn.Module, info: ModelInfo, spec: CellSpec, ctx: Cell
             raise FileNotFoundError(f"pretrained weights for timm model {info.variant!r} are not available on this "
                                     f"machine (not in the Hugging Face / timm cache and no network): {err}") from None
         origin = f"timm:{info.variant} pretrained"
-    elif init.startswith("file:"):
-        path = Path(init[5:])
-        if not path.is_file():
-            raise FileNotFoundError(f"init checkpoint {path} does not exist")
-        state, origin = torch.load(path, map_location="cpu", weights_only=True), str(path)
     else:
-        path = ctx.paths.checkpoint(spec.init_cell) if spec.init_cell else None
-        if path is None or not path.is_file():
-            raise FileNotFoundError(f"pretrained checkpoint {path} is missing: run the {init} pretrain cell "
-                                    f"(model {spec.model}, img_size {spec.img_size}, seed {spec.seed}) in this run "
-                                    "dir first")
-        state, origin = torch.load(path, map_location="cpu", weights_only=True)["model"], ctx.paths.relative(path)
+        ref = init_checkpoint(spec)  # None: a file:<path>
+        path = checkpoint_file(spec, ctx, ref)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state, origin = (state, str(path)) if ref is None else (state["model"], ctx.paths.relative(path))
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     load_weights(spec.model, model, state)
