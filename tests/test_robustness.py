@@ -83,8 +83,13 @@ def test_a_trained_model_loses_accuracy_with_severity_and_patch_drop_at_0_is_cle
 def test_a_checkpoint_that_nobody_kept_is_a_clear_error(tmp_path):
     spec = CellSpec(task="robustness", model="resnet9-w8", dataset="fashion-mnist", img_size=28,
                     init_cell="0123456789ab")
-    with pytest.raises(FileNotFoundError, match="finished without keeping one"):
-        task.run(spec, CellContext("robustness", "r", tmp_path))
+    ctx = CellContext("robustness", "r", tmp_path)
+    with pytest.raises(FileNotFoundError, match="0123456789ab.*has not run in this run dir"):
+        task.run(spec, ctx)
+    ctx.paths.cells_dir.mkdir(parents=True)
+    ctx.paths.cell_record("0123456789ab").write_text("{}")  # it ran, and kept no checkpoint
+    with pytest.raises(FileNotFoundError, match="finished without keeping one: it failed .*--retry-failed"):
+        task.run(spec, ctx)
 
 
 # ------------------------------------------------------------------------------------------ statistics

@@ -106,8 +106,13 @@ def test_every_task_that_reads_a_checkpoint_says_why_it_is_absent(tmp_path, task
     ref, ctx = TASKS[task].reads_checkpoint(spec), CellContext("s", "r", tmp_path)
     with pytest.raises(FileNotFoundError, match="this run has no such cell"):
         checkpoint_file(spec, ctx, ref)
-    with pytest.raises(FileNotFoundError, match=r"checkpoints/0123456789ab.pt is missing: the .* cell on .* delete "
-                                                r"its cells/0123456789ab.json"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/0123456789ab.pt is missing: the .* cell on .* has not "
+                                                r"run in this run dir"):
+        checkpoint_file(spec.replace(init_cell="0123456789ab"), ctx, ref)
+    ctx.paths.cells_dir.mkdir()
+    ctx.paths.cell_record("0123456789ab").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"cells/0123456789ab.json\) finished without keeping one: it failed "
+                                                r"\(run again with --retry-failed\) or had no reader then"):
         checkpoint_file(spec.replace(init_cell="0123456789ab"), ctx, ref)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "0123456789ab.pt").write_bytes(b"")

@@ -67,12 +67,15 @@ def checkpoint_file(spec: CellSpec, ctx: CellContext, ref: CheckpointRef | None)
     writer = f"the {' or '.join(ref.tasks)} cell on {ref.dataset} with this cell's {', '.join(ref.same)}"
     if not spec.init_cell:
         raise FileNotFoundError(f"task {spec.task} reads the checkpoint of {writer}, and this run has no such cell")
-    path = ctx.paths.checkpoint(spec.init_cell)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} is missing: {writer} ({spec.init_cell}) has not run in this run "
-                                "dir, failed, or finished without keeping one (it had no reader then); delete its "
-                                f"cells/{spec.init_cell}.json to run it again")
-    return path
+    path, record = ctx.paths.checkpoint(spec.init_cell), ctx.paths.cell_record(spec.init_cell)
+    if path.is_file():
+        return path
+    if record.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing: {writer} ({record}) finished without keeping one: "
+                                "it failed (run again with --retry-failed) or had no reader then (delete its record to "
+                                "run it again)")
+    raise FileNotFoundError(f"checkpoint {path} is missing: {writer} ({spec.init_cell}) has not run in this run dir "
+                            "(python -m bench run SUITE --run-dir runs a suite's checkpoint writers first)")
 
 
 def reads_nothing(spec: CellSpec) -> CheckpointRef | None:
