@@ -214,11 +214,12 @@ def write_run(path: Path, records: list[CellRecord], env: dict | None = None) ->
     return path
 
 
-def fixture_run(tmp_path: Path, suites: list[str], device: str, name: str = "run") -> Path:
-    """A run dir of the shipped suites' cells with plausible rows, as if run on `device`."""
+def fixture_run(tmp_path: Path, suites: list[str], device: str, name: str = "run", rng_seed: int = 0) -> Path:
+    """A run dir of the shipped suites' cells with plausible rows, as if run on `device` (the rows' noise drawn
+    with `rng_seed`: another seed is the same suite run again)."""
     from bench.suite import load_suite
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(rng_seed)
     records = [CellRecord(spec, fake_rows(spec, rng)) for s in suites
                for spec in load_suite(ROOT / "suites" / f"{s}.yaml", device).cells]
     return write_run(tmp_path / name, records, {"device": device, "device_name": H100 if device == "cuda" else "cpu x",

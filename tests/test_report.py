@@ -205,10 +205,16 @@ def test_a_seed_run_again_in_another_run_dir_is_one_seed_not_another(tmp_path):
     assert "**Repeated:** 6 cell(s)" in report_mod.write_report(runs_dirs, tmp_path / "report").read_text()
 
 
-def test_the_mae_gain_pairs_each_seed_once_when_a_run_dir_is_repeated(tmp_path):
-    runs = report_mod.load([fixture_run(tmp_path, ["pretraining"], "cpu", name) for name in ("run", "again")], tmp_path)
+def test_the_mae_gain_and_the_compute_frontier_count_each_seed_once_when_a_run_dir_is_repeated(tmp_path):
+    """A run dir given twice (a copy): the MAE gain pairs each seed once, and the compute frontier is the same as
+    from one copy, one error per seed at each point (never the seed's two copies as two seeds)."""
+    dirs = [fixture_run(tmp_path, ["pretraining", "data_efficiency"], "cpu", name) for name in ("run", "copy")]
+    runs = report_mod.load(dirs, tmp_path)
     gains = re.findall(r"\(seeds ([^)]*)\)", report_mod.tables.mae_gain(runs))
     assert gains and all(len(g.split(", ")) == 3 for g in gains), gains
+    frontiers = [{curve.family: curve.points for curve in report_mod.fits.frontier_curves(r)}
+                 for r in (report_mod.load(dirs[:1], tmp_path), runs)]
+    assert frontiers[0].keys() == {"vit", "cnn"} and frontiers[0] == frontiers[1]
 
 
 def test_learning_curves_back_test_and_forecast(tmp_path, saved):

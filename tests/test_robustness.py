@@ -175,11 +175,20 @@ def test_the_report_answers_robustness_at_the_same_size_and_at_matched_clean_acc
 
 
 def test_a_robustness_run_repeated_in_another_run_dir_counts_each_seed_once(tmp_path):
+    """The suite run twice (other noise): each seed is the mean of its two runs, everywhere: the settings' values,
+    the baseline's seeds, the figures' data."""
     from bench.report import load, robustness
     from tests.conftest import fixture_run
 
-    runs = load([fixture_run(tmp_path, ["robustness"], "cpu", name) for name in ("run", "again")], tmp_path)
-    settings = robustness.study(runs).settings
-    assert all(sorted(seeds) == [0, 1, 2] for seeds in settings["seeds"])
-    seeds_column = [line.split("|")[2].strip() for line in robustness.table(robustness.study(runs)).splitlines()[2:]]
+    first, again = (fixture_run(tmp_path, ["robustness"], "cpu", name, rng_seed) for name, rng_seed in
+                    (("run", 0), ("again", 1)))
+    one = robustness.study(load([first], tmp_path))
+    both = robustness.study(load([first, again], tmp_path))
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in both.settings["seeds"])
+    assert both.baseline.endswith("(3 seeds, errors averaged)") and len(both.cells) == len(one.cells)
+    seeds_column = [line.split("|")[2].strip() for line in robustness.table(both).splitlines()[2:]]
     assert seeds_column and set(seeds_column) == {"3"}
+    clean = load([first, again], tmp_path).rows.query("metric == 'robust_accuracy' and condition == 'clean'")
+    by_seed = clean.groupby(["model", "dtype", "train_size", "seed"], dropna=False)["value"].mean() * 100
+    assert sorted(both.cells["clean"].round(9)) == sorted(by_seed.round(9))
+    assert len(both.accuracy) == len(one.accuracy)  # the figures draw one line point per seed

@@ -104,7 +104,8 @@ def capped_cells(runs: Runs, shown: int = 5) -> str:
 
 def repeated_cells(runs: Runs) -> str:
     """Training cells (a setting and seed on one device model) found in more than one run dir: one seed each."""
-    rows = runs.rows[runs.rows["metric"].isin(["accuracy", "robust_accuracy"])]
+    rows = runs.rows[runs.rows["metric"].isin(["accuracy", "robust_accuracy"]) & (runs.rows["status"] == "ok")
+                     & ~flagged(runs.rows["diverged"])]
     keys = [*setting_columns(), "seed", "device_name"]
     repeats = rows.groupby(keys, dropna=False, sort=False)["run_dir"].nunique()
     repeated = repeats[repeats > 1]

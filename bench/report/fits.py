@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..data import input_shape
-from ..results import setting_columns
 from ..stats import Backtest, Crossover, Fit, Interval, NoFit, backtest, chance_error, crossover, fit
-from .frame import Runs, accuracy_summary, cell_value, flagged, from_scratch_on_whole_datasets, ok_metric
+from .frame import Runs, accuracy_summary, from_scratch_on_whole_datasets, ok_metric
 
 LAW = "envelope"  # knows the random-guess error: the small sizes bend towards it instead of being left out
 RESAMPLES = 400  # bootstrap refits per curve
@@ -125,22 +124,17 @@ def frontier_curves(runs: Runs) -> list[Curve]:
     """Per device model, dataset and family: error against training FLOPs on the family's compute frontier, within the
     converged protocol (every setting trained from scratch on a whole dataset, every seed converged; its FLOPs the
     mean over its seeds). Compute-equal cells are another regime (stopped by the clock, not the data) and stay out."""
-    rows = ok_metric(runs.rows, "accuracy", task=["train_eval"], protocol="converged")
-    rows = rows[(rows["route"] == "scratch") & ~rows["class_subset"].astype(bool) & ~flagged(rows["diverged"])]
-    if rows.empty:
+    summary = from_scratch_on_whole_datasets(accuracy_summary(runs.rows))
+    if summary.empty:
         return []
-    rows = rows.assign(flops=cell_value(rows, runs.rows, "train_flops"))
-    cells = rows.dropna(subset=["flops"]).groupby([*setting_columns(), "machine"], dropna=False, sort=False).agg(
-        flops=("flops", "mean"), values=("value", list), family=("family", "first"),
-        converged=("converged", "all"))
-    cells = cells[cells["converged"]]
-    cells["error"] = [1 - sum(v) / len(v) for v in cells["values"]]
+    cells = summary[(summary["protocol"] == "converged") & summary["converged"] & summary["flops"].notna()]
+    cells = cells.assign(error=1 - cells["mean"] / 100)
     curves = []
-    for (machine, dataset, family), group in cells.reset_index().groupby(["machine", "dataset", "family"]):
+    for (machine, dataset, family), group in cells.groupby(["machine", "dataset", "family"]):
         front = frontier(group)
         curves.append(_fitted(Curve(machine, dataset, "frontier", family, family,
-                                    {float(f): [1 - v for v in values] for f, values in zip(front["flops"],
-                                                                                          front["values"])},
+                                    {float(f): [1 - v / 100 for v in values] for f, values in zip(front["flops"],
+                                                                                                front["values"])},
                                     chance_of(dataset), "converged cells")))
     return curves
 

@@ -153,7 +153,7 @@ def all_true(column: pd.Series) -> bool:
 def per_seed(frame: pd.DataFrame, keys: list[str], values: list[str], every: list[str] = ()) -> pd.DataFrame:
     """One row per value of `keys` (a setting and its seed): a cell that ran again in another run dir on the same
     device model (a rerun) is the same seed measured twice, never another seed, so its `values` are averaged and
-    its `every` columns hold only where all repeats hold; other columns as the first repeat has them."""
+    its `every` columns hold only where all repeats hold; other columns take the first value a repeat has."""
     how = {c: "first" for c in frame.columns if c not in keys} | {c: "mean" for c in values}
     how |= {c: all_true for c in every}
     return frame.groupby(keys, dropna=False, sort=False).agg(how).reset_index()

@@ -31,18 +31,20 @@ LOWER_IS_BETTER = ("mce", "relative_mce", "ece_clean", "ece_corrupted")
 
 @dataclasses.dataclass(frozen=True)
 class Study:
-    cells: pd.DataFrame  # one row per robustness cell: setting, seed, family, label and every SHOWN value
+    cells: pd.DataFrame  # one row per setting and seed (index): name, family, train_size and every SHOWN value
     settings: pd.DataFrame  # one row per setting: label, family, size, seeds, and per SHOWN value its seeds' values
     baseline: str  # the CNN setting whose errors normalise CE, for people
-    ce: pd.DataFrame  # CE (%) per cell (index: the setting's name) and corruption
-    accuracy: pd.DataFrame  # robust_accuracy rows (condition, level, value %), with the setting's name
+    ce: pd.DataFrame  # CE (%) per setting and seed (index: the setting's name) and corruption
+    accuracy: pd.DataFrame  # robust_accuracy per setting, seed, condition and level (value %), with the name
 
 
 def _size(train_size) -> str:
     return "all" if pd.isna(train_size) else f"{int(train_size):,}"
 
 
-def _cells(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _cells(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """(robust_accuracy rows, %; the cells; ECE, %), one cell per setting and seed: a seed that ran again in another
+    run dir on the same device model is that seed measured twice, its values averaged (frame.per_seed)."""
     acc = ok_metric(rows, "robust_accuracy", task="robustness")
     if acc.empty:
         raise Skip("no robustness cells (task robustness, bench/tasks/robustness.py)")
@@ -50,32 +52,36 @@ def _cells(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     acc = acc.assign(setting=acc.groupby(keys, dropna=False, sort=False).ngroup(), value=acc["value"] * 100)
     acc["name"] = [f"{label} {dtype} n={_size(n)}" for label, dtype, n in zip(acc["label"], acc["dtype"],
                                                                                acc["train_size"])]
-    cells = acc.groupby(["run_dir", "cell_id"]).agg(setting=("setting", "first"), name=("name", "first"),
-                                                    seed=("seed", "first"), family=("family", "first"),
-                                                    train_size=("train_size", "first"))
-    return acc, cells
+    setting_of = acc.drop_duplicates(["run_dir", "cell_id"]).set_index(["run_dir", "cell_id"])["setting"]
+    ece = ok_metric(rows, "ece", task="robustness").join(setting_of, on=["run_dir", "cell_id"])
+    ece = ece.groupby(["setting", "seed", "condition"])["value"].mean() * 100
+    acc = per_seed(acc[["setting", "seed", "condition", "level", "value", "name", "family", "train_size"]],
+                   ["setting", "seed", "condition", "level"], ["value"])
+    cells = acc.groupby(["setting", "seed"]).agg(name=("name", "first"), family=("family", "first"),
+                                                 train_size=("train_size", "first"))
+    return acc, cells, ece
 
 
-def _per_cell(acc: pd.DataFrame, cells: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def _per_cell(acc: pd.DataFrame, cells: pd.DataFrame, ece: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Every SHOWN value of every cell; CE against the CNN setting at the largest training size (all: largest)."""
     corrupted = acc[acc["condition"].isin(list(CORRUPTIONS))]
-    errors = 1 - corrupted.pivot_table(index=["run_dir", "cell_id"], columns=["condition", "level"],
+    errors = 1 - corrupted.pivot_table(index=["setting", "seed"], columns=["condition", "level"],
                                        values="value", aggfunc="first") / 100
-    clean = acc[acc["condition"] == "clean"].set_index(["run_dir", "cell_id"])["value"]
+    clean = acc[acc["condition"] == "clean"].set_index(["setting", "seed"])["value"]
     cnn = cells[cells["family"] == "cnn"]
     if cnn.empty or errors.empty:
         raise Skip("robustness cells of a CNN and under corruption are needed: CE is relative to the baseline CNN")
     largest = cnn.assign(order=cnn["train_size"].fillna(math.inf)).sort_values(["order", "name"]).iloc[-1]
-    baseline = cnn[cnn["setting"] == largest["setting"]].index
+    setting, _ = largest.name  # (setting, seed): the index
+    baseline = cnn.loc[[setting]].index
     errors = errors.loc[:, errors.notna().all()]  # corruptions every cell ran
     ce = corruption_errors(errors, 1 - clean.loc[errors.index] / 100, baseline.intersection(errors.index))
     out = cells.join(clean.rename("clean")).assign(mce=ce.mce, relative_mce=ce.relative_mce)
     for grid in ("aligned", "offset"):
-        drops = acc[acc["condition"] == f"patch_drop_{grid}"].groupby(["run_dir", "cell_id"])
+        drops = acc[acc["condition"] == f"patch_drop_{grid}"].groupby(["setting", "seed"])
         for share in DROPPED:
             out[f"drop{int(share * 100)}_{grid}"] = pd.Series(
                 {cell: accuracy_at_share(d["level"], d["value"], share) for cell, d in drops})
-    ece = ok_metric(rows, "ece", task="robustness").set_index(["run_dir", "cell_id", "condition"])["value"] * 100
     for condition in ("clean", "corrupted"):
         out[f"ece_{condition}"] = ece.xs(condition, level="condition")
     named = f"`{largest['name']}` ({len(baseline)} seed{'s' if len(baseline) > 1 else ''}, errors averaged)"
@@ -83,10 +89,9 @@ def _per_cell(acc: pd.DataFrame, cells: pd.DataFrame, rows: pd.DataFrame) -> tup
 
 
 def study(runs: Runs) -> Study:
-    acc, cells = _cells(runs.rows)
-    per_cell, ce, baseline = _per_cell(acc, cells, runs.rows)
-    seeds = per_seed(per_cell, ["setting", "seed"], list(SHOWN))  # a rerun of a seed in another run dir: one seed
-    settings = seeds.sort_values("seed").groupby("setting", sort=False).agg(
+    acc, cells, ece = _cells(runs.rows)
+    per_cell, ce, baseline = _per_cell(acc, cells, ece)
+    settings = per_cell.reset_index().sort_values("seed").groupby("setting", sort=False).agg(
         name=("name", "first"), family=("family", "first"), train_size=("train_size", "first"),
         seeds=("seed", list), **{key: (key, list) for key in SHOWN})
     settings = settings.reset_index()

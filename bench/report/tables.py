@@ -7,32 +7,34 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..results import setting_columns
 from .frame import (Runs, accuracy_summary, from_scratch_on_whole_datasets, latency_samples, ok_metric, paired_ratio,
                     per_seed)
 from .style import Skip
 
 
 def mae_gain(runs: Runs) -> str:
-    """Per labeled size: accuracy of the MAE-initialised ViT minus the same ViT from scratch, seed by seed."""
+    """Per MAE encoder and labeled size: accuracy of the MAE-initialised ViT minus the same ViT (dtype, image size)
+    from scratch, seed by seed; a seed run in several run dirs is one seed (frame.per_seed)."""
     acc = ok_metric(runs.rows, "accuracy", task=["train_eval", "finetune"])
     acc = acc[acc["family"] == "vit"]
     mae = acc[acc["route"] == "mae-finetune"]
     scratch = acc[acc["route"] == "scratch"]
-    keys = ["machine", "dataset", "protocol", "budget", "label", "subset", "seed"]
-    mae, scratch = (per_seed(side[[*keys, "value"]], keys, ["value"]) for side in (mae, scratch))
-    pairs = mae.merge(scratch, on=keys, suffixes=("_mae", "_scratch"))
+    mae, scratch = (per_seed(side, [*setting_columns(), "machine", "seed"], ["value"]) for side in (mae, scratch))
+    keys = ["machine", "dataset", "protocol", "budget", "label", "dtype", "img_size", "subset", "seed"]
+    pairs = mae.merge(scratch[[*keys, "value"]], on=keys, suffixes=("_mae", "_scratch"))
     if pairs.empty:
         raise Skip("needs a ViT fine-tuned from an MAE encoder and the same ViT from scratch on the same subsets")
     pairs["gain"] = (pairs["value_mae"] - pairs["value_scratch"]) * 100
-    table = pairs.groupby(["machine", "label", "subset"]).agg(
+    table = pairs.groupby(["machine", "label", "init", "subset"]).agg(
         mae=("value_mae", lambda v: f"{v.mean() * 100:.1f}"),
         scratch=("value_scratch", lambda v: f"{v.mean() * 100:.1f}"),
         gain=("gain", lambda g: f"{g.mean():+.1f} (seeds {', '.join(f'{x:+.1f}' for x in g)})"),
         seeds=("seed", "nunique")).reset_index()
     table["subset"] = table["subset"].map(lambda n: f"{int(n):,}")
-    return ("Test accuracy (%) fine-tuned from the MAE encoder against from scratch, same model, subset, seed and "
-            "budget; the gain is in points.\n\n" + table.rename(columns={"subset": "labeled images"})
-            .to_markdown(index=False))
+    table = table.rename(columns={"subset": "labeled images", "init": "encoder"})
+    return ("Test accuracy (%) fine-tuned from the MAE encoder against from scratch, same model, dtype, subset, seed "
+            "and budget; the gain is in points.\n\n" + table.to_markdown(index=False))
 
 
 def paired_table(runs: Runs) -> str:
