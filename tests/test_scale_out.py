@@ -98,7 +98,10 @@ def test_a_worker_lost_mid_cell_is_a_killed_row_and_the_run_completes(tmp_path):
 @pytest.mark.slow
 def test_ray_resume_after_the_driver_dies_and_the_lock(tmp_path):
     pytest.importorskip("ray")
-    suite = suite_file(tmp_path, ONE_CELL.replace("[resnet20]", "[resnet20, resnet32, resnet56]"))
+    # 1,500 timed calls a cell (about 10-20 s each here): the first runner must still hold the lock, with cells to
+    # go, when the second asks for it; with one call a cell a quiet machine finished all three first
+    suite = suite_file(tmp_path, ONE_CELL.replace("[resnet20]", "[resnet20, resnet32, resnet56]")
+                       .replace("repeats: 1\n", "repeats: 1500\n"))
     run_dir = tmp_path / "run"
     runner = start_ray_runner(suite, run_dir)
     try:
