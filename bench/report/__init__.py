@@ -16,7 +16,7 @@ from ..results import setting_columns
 from . import figures, grid_figures, robustness, tables
 from .artifacts import artifacts
 from .answer import answer
-from .frame import Runs, flagged, load
+from .frame import Runs, flagged, load, seed_keys
 from .style import Skip
 
 SECTIONS = [  # (title, figure function)
@@ -106,8 +106,7 @@ def repeated_cells(runs: Runs) -> str:
     """Training cells (a setting and seed on one device model) found in more than one run dir: one seed each."""
     rows = runs.rows[runs.rows["metric"].isin(["accuracy", "robust_accuracy"]) & (runs.rows["status"] == "ok")
                      & ~flagged(runs.rows["diverged"])]
-    keys = [*setting_columns(), "seed", "device_name"]
-    repeats = rows.groupby(keys, dropna=False, sort=False)["run_dir"].nunique()
+    repeats = rows.groupby(seed_keys(), dropna=False, sort=False)["run_dir"].nunique()
     repeated = repeats[repeats > 1]
     if repeated.empty:
         return ""

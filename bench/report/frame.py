@@ -100,8 +100,7 @@ def one_rule_per_protocol(rows: pd.DataFrame) -> pd.DataFrame:
     cap = [b.cap_images(int(n), int(batch)) for b, n, batch in
            zip(mine["budget"], mine["train_size_used"], mine["batch_size_used"].fillna(mine["batch_size"]))]
     mine = mine.assign(budget=[b.rule() for b in mine["budget"]], cap=cap)
-    keys = [c for c in setting_columns() if c != "seed"] + ["seed", "device_name"]
-    largest = mine.groupby(keys, dropna=False, sort=False)["cap"].transform("max")
+    largest = mine.groupby(seed_keys(), dropna=False, sort=False)["cap"].transform("max")
     mine = mine[mine["cap"] == largest].drop(columns="cap")
     return pd.concat([rows[~converged], mine]).sort_index()
 
@@ -150,6 +149,12 @@ def all_true(column: pd.Series) -> bool:
     return bool(np.all(column == True))  # noqa: E712 - elementwise, None compares False
 
 
+def seed_keys() -> list[str]:
+    """The columns that name one training seed: its setting (the spec's axes less the seed), the device model it ran
+    on, and the seed. Cells alike in all of them are one seed measured again (per_seed)."""
+    return [*setting_columns(), "device_name", "machine", "seed"]
+
+
 def per_seed(frame: pd.DataFrame, keys: list[str], values: list[str], every: list[str] = ()) -> pd.DataFrame:
     """One row per value of `keys` (a setting and its seed): a cell that ran again in another run dir on the same
     device model (a rerun) is the same seed measured twice, never another seed, so its `values` are averaged and
@@ -171,8 +176,8 @@ def accuracy_summary(rows: pd.DataFrame, task=("train_eval",)) -> pd.DataFrame:
     acc["accuracy"] = acc["value"] * 100
     for metric in ("images_seen", "train_flops"):  # what each cell's training cost, beside its accuracy
         acc[metric] = cell_value(acc, rows, metric)
-    keys = [*setting_columns(), "device_name", "machine"]
-    acc = per_seed(acc, [*keys, "seed"], ["accuracy", "images_seen", "train_flops"], every=["converged"])
+    acc = per_seed(acc, seed_keys(), ["accuracy", "images_seen", "train_flops"], every=["converged"])
+    keys = [key for key in seed_keys() if key != "seed"]  # the setting on its device model: seeds pooled
     acc = acc.sort_values("seed")  # values in seed order: seed i of one model pairs with seed i of another
     summary = acc.groupby(keys, dropna=False, sort=False).agg(
         mean=("accuracy", "mean"), seeds=("seed", "nunique"),

@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..results import setting_columns
 from .frame import (Runs, accuracy_summary, from_scratch_on_whole_datasets, latency_samples, ok_metric, paired_ratio,
-                    per_seed)
+                    per_seed, seed_keys)
 from .style import Skip
 
 
@@ -20,7 +19,7 @@ def mae_gain(runs: Runs) -> str:
     acc = acc[acc["family"] == "vit"]
     mae = acc[acc["route"] == "mae-finetune"]
     scratch = acc[acc["route"] == "scratch"]
-    mae, scratch = (per_seed(side, [*setting_columns(), "machine", "seed"], ["value"]) for side in (mae, scratch))
+    mae, scratch = (per_seed(side, seed_keys(), ["value"]) for side in (mae, scratch))
     keys = ["machine", "dataset", "protocol", "budget", "label", "dtype", "img_size", "subset", "seed"]
     pairs = mae.merge(scratch[[*keys, "value"]], on=keys, suffixes=("_mae", "_scratch"))
     if pairs.empty:
